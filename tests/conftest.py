@@ -1,0 +1,33 @@
+"""Shared fixtures: small models and real sample images, no network, no GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FRACATLAS_MINI = REPO / "tests" / "data" / "fracatlas_mini"
+SHARED_FRACATLAS = REPO.parent / "shared" / "data" / "fracatlas"
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to download (e.g. torchvision weights) fails loudly instead of hanging."""
+    import urllib.request
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access is disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+@pytest.fixture(scope="session")
+def resnet152():
+    """One randomly initialised ResNet-152 for the whole session (building it takes seconds)."""
+    from nextray_core.model import build_model
+
+    torch.manual_seed(0)
+    return build_model("resnet152", init="none", dropout=0.5).eval()
