@@ -1,0 +1,275 @@
+"""Probabilities for the images of an index table or for files on disk, per image and per study.
+
+One or more checkpoints (an ensemble) score every image; members that share a preprocessing
+share one pass over the data, members with another input size get their own pass. The ensemble's
+probability is the mean of its members' probabilities, or with ``combine='vote'`` the share of
+members that call the image abnormal at their own card's threshold. A study's probability is the
+arithmetic mean of its views' (the MURA convention). Thresholds are applied later, never here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from nextray_core.checkpoint import ModelCard
+from nextray_core.errors import ConfigError, DatasetError, NextRayError
+from nextray_core.imaging import SUPPORTED_SUFFIXES
+from nextray_core.index import INDEX_COLUMNS, MURA_REGIONS, UNKNOWN_LABEL
+from nextray_core.loader import RadiographDataset
+from nextray_core.transforms import Preprocessing, eval_transform
+
+Member = tuple[nn.Module, ModelCard]
+COMBINE_RULES: tuple[str, ...] = ("mean", "vote")
+UNKNOWN_REGION = "unknown"
+_MURA_STUDY = re.compile(r"^study\d+_(positive|negative)$")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; a CUDA device that is not there is an error."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available; use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def member_columns(n_members: int) -> list[str]:
+    """Per-member probability columns (``prob_0``, ...), present only for ensembles."""
+    return [f"prob_{i}" for i in range(n_members)] if n_members > 1 else []
+
+
+def ensemble_threshold(cards: Sequence[ModelCard], combine: str = "mean") -> float:
+    """The default threshold of an ensemble's combined probability.
+
+    'mean': the mean of the members' card thresholds (their common value when they agree).
+    'vote': a strict majority, (M // 2 + 1) / M of the members (all of them for M = 1 or 2).
+    """
+    _check_combine(combine)
+    if not cards:
+        raise ConfigError("an ensemble needs at least one checkpoint")
+    if combine == "vote":
+        return (len(cards) // 2 + 1) / len(cards)
+    return float(np.mean([card.default_threshold for card in cards]))
+
+
+def combine_probabilities(
+    member_probs: np.ndarray, thresholds: Sequence[float], combine: str = "mean"
+) -> np.ndarray:
+    """(images x members) probabilities -> one probability per image (see the module doc)."""
+    _check_combine(combine)
+    member_probs = np.asarray(member_probs, dtype=float)
+    if combine == "mean":
+        return member_probs.mean(axis=1)
+    votes = member_probs >= np.asarray(thresholds, dtype=float)[None, :]
+    return np.where(np.isnan(member_probs).any(axis=1), np.nan, votes.mean(axis=1))
+
+
+def _check_combine(combine: str) -> None:
+    if combine not in COMBINE_RULES:
+        raise ConfigError(f"unknown ensemble rule {combine!r}; choose one of {COMBINE_RULES}")
+
+
+class _ReportingDataset(RadiographDataset):
+    """A RadiographDataset that reports an unreadable image instead of failing the whole pass."""
+
+    def __init__(self, index: pd.DataFrame, prep: Preprocessing) -> None:
+        super().__init__(index, eval_transform(prep))
+        self.size = prep.size
+
+    def __getitem__(self, position: int):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                image, label, _ = super().__getitem__(position)
+                error = ""
+            except NextRayError as exc:
+                image, label, error = (
+                    torch.zeros(3, self.size, self.size),
+                    self.labels[position],
+                    str(exc),
+                )
+        warning = "; ".join(str(w.message) for w in caught)
+        return image, label, position, error, warning
+
+
+def predict_index(
+    models: Sequence[Member],
+    index: pd.DataFrame,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    combine: str = "mean",
+    workers: int = 0,
+    on_error: str = "raise",
+    progress: bool = False,
+) -> pd.DataFrame:
+    """The index rows plus ``probability`` (and ``prob_0``... for ensembles), in index order.
+
+    ``on_error='raise'`` stops with a ``DatasetError`` naming every unreadable image after the
+    pass; ``'report'`` keeps going and adds ``error`` and ``warning`` columns (probability NaN).
+    """
+    _check_combine(combine)
+    if not models:
+        raise ConfigError("give at least one checkpoint")
+    if on_error not in ("raise", "report"):
+        raise ValueError(f"on_error must be 'raise' or 'report', got {on_error!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    device = torch.device(device)
+    index = index.reset_index(drop=True)
+    n, m = len(index), len(models)
+    probs = np.full((n, m), np.nan)
+    errors, notes = [""] * n, [""] * n
+
+    by_prep: dict[Preprocessing, list[int]] = {}
+    for i, (_, card) in enumerate(models):
+        by_prep.setdefault(card.prep, []).append(i)
+    for prep, members in by_prep.items():
+        nets = [models[i][0].to(device).eval() for i in members]
+        loader = DataLoader(
+            _ReportingDataset(index, prep),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+        )
+        batches = tqdm(loader, desc=f"predicting ({prep.size}px)", disable=not progress or n == 0)
+        with torch.inference_mode():
+            for images, _, positions, batch_errors, batch_notes in batches:
+                x = images.to(device, non_blocking=True)
+                rows = positions.numpy()
+                for i, net in zip(members, nets, strict=True):
+                    probs[rows, i] = torch.sigmoid(net(x).float()[:, 0]).cpu().numpy()
+                for row, error, note in zip(rows, batch_errors, batch_notes, strict=True):
+                    errors[row] = errors[row] or error
+                    notes[row] = notes[row] or note
+    failed = [i for i, e in enumerate(errors) if e]
+    probs[failed] = np.nan
+    if failed and on_error == "raise":
+        shown = "; ".join(errors[i] for i in failed[:3])
+        raise DatasetError(
+            f"{len(failed)} image(s) could not be read: {shown}"
+            + (f" (and {len(failed) - 3} more)" if len(failed) > 3 else "")
+            + ". Replace or remove them from the dataset and run again."
+        )
+
+    result = index.copy()
+    for i, column in enumerate(member_columns(m)):
+        result[column] = probs[:, i]
+    thresholds = [card.default_threshold for _, card in models]
+    result["probability"] = combine_probabilities(probs, thresholds, combine)
+    if on_error == "report":
+        result["error"] = errors
+        result["warning"] = notes
+    return result
+
+
+def find_image_files(paths_or_folders: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files given directly (whatever their type: reading them reports a bad one) plus the
+    image files (``imaging.SUPPORTED_SUFFIXES``) found by walking the folders given."""
+    found: list[Path] = []
+    for item in paths_or_folders:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            for folder, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [
+                    Path(folder) / name
+                    for name in sorted(files)
+                    if not name.startswith(".") and Path(name).suffix.lower() in SUPPORTED_SUFFIXES
+                ]
+        else:
+            found.append(path)
+    unique = list(dict.fromkeys(p.absolute() for p in found))
+    if not unique:
+        raise DatasetError(
+            f"no image files ({' '.join(SUPPORTED_SUFFIXES)}) in "
+            f"{', '.join(map(str, paths_or_folders)) or 'the arguments'}; pass image files or "
+            "folders that hold them"
+        )
+    return unique
+
+
+def files_index(files: Sequence[Path]) -> pd.DataFrame:
+    """An index for loose files: one study per parent folder; region and label read from MURA
+    folder names (``XR_WRIST``, ``study1_positive``) where present, else unknown."""
+    rows = []
+    for path in files:
+        folders = [part.lower() for part in path.parent.parts]
+        region = next(
+            (r for part in reversed(folders) if (r := part.removeprefix("xr_")) in MURA_REGIONS),
+            UNKNOWN_REGION,
+        )
+        match = _MURA_STUDY.match(folders[-1]) if folders else None
+        label = UNKNOWN_LABEL if match is None else int(match.group(1) == "positive")
+        study = str(path.parent)
+        rows.append(
+            {
+                "image_path": str(path),
+                "study_id": study,
+                "patient_id": study,
+                "region": region,
+                "label": label,
+                "split": "predict",
+            }
+        )
+    return pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+
+
+def predict_files(
+    models: Sequence[Member],
+    paths_or_folders: Iterable[str | os.PathLike],
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    combine: str = "mean",
+    workers: int = 0,
+) -> pd.DataFrame:
+    """Image rows (index columns + probability + ``error``/``warning``) for files and folders.
+
+    Unreadable files get an ``error`` message and a NaN probability; the others are scored.
+    """
+    index = files_index(find_image_files(paths_or_folders))
+    return predict_index(
+        models,
+        index,
+        batch_size=batch_size,
+        device=device,
+        combine=combine,
+        workers=workers,
+        on_error="report",
+    )
+
+
+def study_table(image_rows: pd.DataFrame, *, probability: str = "probability") -> pd.DataFrame:
+    """One row per study: its probability is the mean of its views' (NaN views skipped).
+
+    Columns: study_id, patient_id, region, label, split (when present), n_views (views with a
+    probability), probability and the per-member columns averaged the same way.
+    """
+    first = [c for c in ("patient_id", "region", "label", "split") if c in image_rows.columns]
+    averaged = [c for c in image_rows.columns if re.fullmatch(r"prob_\d+", c)] + [probability]
+    grouped = image_rows.groupby("study_id", sort=False)
+    studies = grouped[first].first()
+    studies["n_views"] = grouped[probability].count()
+    studies[averaged] = grouped[averaged].mean()
+    return studies.reset_index()
