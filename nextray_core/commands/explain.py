@@ -1,0 +1,194 @@
+"""``nextray explain``: heat-map overlays, probabilities and trust scores for image files.
+
+Writes OUT/<stem>_overlay.png per image (original size; a stem seen twice gets a short hash of
+its path) and OUT/explanations.csv with one row per input file, failures included (status
+'error' and the reason; the reason is also printed on stderr). Every file is written to a
+temporary name and renamed, so a crash never leaves half a file. Exit code: 0 if at least one
+image was explained, 1 if every file failed, 2 for a usage error (bad checkpoint, no files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from nextray_core.errors import NextRayError
+
+CSV_NAME = "explanations.csv"
+_DESCRIPTION = """\
+Heat-map overlays (original image size) and probabilities for image files or folders.
+
+Writes OUT/<stem>_overlay.png per image and OUT/explanations.csv with one row per file,
+failures included (status 'error' with the reason, also printed on stderr). With --faithfulness
+each map gets a score in [-1, 1] (higher = more faithful); checkpoints with OOD statistics add
+ood_distance and ood_flag. Exit code: 0 if at least one image was explained, 1 if every file
+failed, 2 for a usage error (bad checkpoint, no files).
+"""
+# Copies of explain.methods.METHODS / TARGETS (a test keeps them equal): importing that module
+# here would load torch for every ``nextray --help``.
+METHODS = (
+    "cam",
+    "gradcam",
+    "gradcam++",
+    "hirescam",
+    "xgradcam",
+    "layercam",
+    "scorecam",
+    "eigencam",
+)
+TARGETS = ("abnormal", "normal")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "explain",
+        help="class activation map overlays and trust scores for images",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="FILES_OR_FOLDERS")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder")
+    parser.add_argument("--out", required=True, type=Path, help="folder for overlays and CSV")
+    parser.add_argument("--method", default="cam", choices=METHODS, help="default: cam (fast)")
+    parser.add_argument("--target", default="abnormal", choices=TARGETS, help="whose evidence")
+    parser.add_argument("--colormap", default="jet", help="a matplotlib colormap name")
+    parser.add_argument("--opacity", type=float, default=0.4, help="heat-map opacity at its peak")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="also score each map's faithfulness (10 extra forward passes per batch)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.set_defaults(handler=run_explain)
+
+
+def find_images(inputs: list[Path]) -> list[Path]:
+    """Files as given (bad ones are reported later) plus supported images inside folders."""
+    from nextray_core.imaging import SUPPORTED_SUFFIXES
+
+    found: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found += sorted(
+                p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+            )
+        else:
+            found.append(item)
+    return found
+
+
+def _overlay_name(path: Path, used: set[str]) -> str:
+    name = f"{path.stem}_overlay.png"
+    if name in used:
+        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+        name = f"{path.stem}-{digest}_overlay.png"
+    used.add(name)
+    return name
+
+
+def _save_png(rgb, path: Path) -> None:
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(rgb).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _read(path: Path):
+    from nextray_core.imaging import read_radiograph
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = read_radiograph(path)
+    return image, "; ".join(str(w.message) for w in caught)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    import pandas as pd
+    import torch
+    from tqdm import tqdm
+
+    from nextray_core.checkpoint import load_checkpoint
+    from nextray_core.explain import explain_batch, faithfulness, overlay
+    from nextray_core.explain.overlay import colormap_lut
+    from nextray_core.ood import load_ood
+    from nextray_core.transforms import as_image_tensor, eval_transform
+
+    colormap_lut(args.colormap)  # an unknown colormap fails before any work
+    if not 0.0 <= args.opacity <= 1.0 or args.batch_size < 1:
+        raise NextRayError("--opacity must be within 0..1 and --batch-size at least 1")
+    files = find_images(args.inputs)
+    if not files:
+        raise NextRayError(f"no images ({', '.join(map(str, args.inputs))}): give files or folders")
+    model, card, extras = load_checkpoint(args.checkpoint, device=args.device)
+    ood = load_ood(extras, card)
+    transform = eval_transform(card.prep)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    rows, used = [], set()
+    progress = tqdm(total=len(files), unit="img", desc="explain", file=sys.stderr, disable=None)
+    for start in range(0, len(files), args.batch_size):
+        images, tensors = [], []
+        for path in files[start : start + args.batch_size]:
+            try:
+                image, note = _read(path)
+            except NextRayError as error:
+                print(f"skipped: {error}", file=sys.stderr)
+                rows.append({"path": str(path), "status": "error", "error": str(error)})
+                continue
+            images.append((path, image, note))
+            tensors.append(transform(as_image_tensor(image.pixels)))
+        if images:
+            batch = torch.stack(tensors)
+            result = explain_batch(model, batch, args.method, args.target)
+            faith = (
+                faithfulness(model, batch, result.maps, target=args.target)
+                if args.faithfulness
+                else None
+            )
+            distances = ood.score(result.pooled_features).cpu() if ood else None
+            for i, (path, image, note) in enumerate(images):
+                name = _overlay_name(path, used)
+                rgb = overlay(
+                    image.pixels, result.maps[i], colormap=args.colormap, opacity=args.opacity
+                )
+                _save_png(rgb, args.out / name)
+                row = {
+                    "path": str(path),
+                    "status": "ok",
+                    "error": "",
+                    "probability": float(result.probabilities[i]),
+                    "method": args.method,
+                    "target": args.target,
+                    "overlay": name,
+                    "width": image.metadata["width"],
+                    "height": image.metadata["height"],
+                    "note": note,
+                }
+                if faith is not None:
+                    row["faithfulness"] = float(faith[i])
+                if distances is not None:
+                    row["ood_distance"] = float(distances[i])
+                    row["ood_flag"] = bool(distances[i] > ood.threshold)
+                rows.append(row)
+        progress.update(len(files[start : start + args.batch_size]))
+    progress.close()
+
+    frame = pd.DataFrame(rows)
+    for column in ("width", "height"):
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")  # stay integers beside error rows
+    order = {str(p): i for i, p in enumerate(files)}
+    frame = frame.sort_values("path", key=lambda s: s.map(order), kind="stable")
+    csv = args.out / CSV_NAME
+    tmp = csv.with_name(f".{csv.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, csv)
+    explained = int((frame["status"] == "ok").sum())
+    print(f"explained {explained} of {len(files)} image(s) with {args.method}; wrote {csv}")
+    return 0 if explained else 1
