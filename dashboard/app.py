@@ -1,32 +1,93 @@
-"""neXt-Ray dashboard entry point (Streamlit). A thin layer over nextray_core.
+"""neXt-Ray dashboard: the router and the sidebar (run, checkpoint, the one shared threshold).
 
-The pages (predict, metrics, errors, teaching, model) arrive with the dashboard issue; until a
-trained model ships, the app says so instead of failing.
+Start it with ``nextray dashboard [--run RUN] [--checkpoint CKPT]`` or
+``streamlit run dashboard/app.py -- --run RUN --checkpoint CKPT``. Every page is a thin script
+over nextray_core; what they share lives in dashboard/state.py.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import streamlit as st
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # `streamlit run` puts dashboard/ on the path, not the repository
+    sys.path.insert(0, _ROOT)
 
-from nextray_core.checkpoint import read_card
-from nextray_core.errors import NextRayError
+import streamlit as st  # noqa: E402
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "demo"
+from dashboard import state  # noqa: E402
 
-st.set_page_config(page_title="neXt-Ray", layout="wide")
-st.title("neXt-Ray")
-st.caption(
-    "Abnormality detection in upper-extremity radiographs. Research and teaching only; "
-    "not for clinical use."
-)
-try:
-    card = read_card(DEMO_CHECKPOINT)
-except NextRayError:
-    st.info(
-        "No model yet: this version ships no trained checkpoint. The demo model (a ResNet-152 "
-        "trained on FracAtlas) and the dashboard pages arrive in later releases."
+# Not "pages/": beside the entry script that name switches on Streamlit's older folder-based
+# multipage mode, in which AppTest runs a page without app.py (no sidebar, no session setup).
+PAGES = Path(__file__).parent / "views"
+
+
+def _open(kind: str) -> None:
+    """Callback of the 'open another folder' boxes: check the folder, then select it."""
+    text = st.session_state.get(f"{kind}_other", "").strip()
+    st.session_state[f"{kind}_other_error"] = None
+    if not text:
+        return
+    path = str(Path(text).expanduser().resolve())
+    if kind == "run":
+        problem = state.run_error(path)
+    else:
+        problem = None if state.get_card(path) else f"{path} is not a neXt-Ray checkpoint folder"
+    if problem:
+        st.session_state[f"{kind}_other_error"] = problem
+        return
+    known = "known_runs" if kind == "run" else "known_checkpoints"
+    st.session_state[known] = [*st.session_state.get(known, []), path]
+    st.session_state[state.RUN if kind == "run" else state.CHECKPOINT] = path
+    st.session_state[f"{kind}_other"] = ""
+
+
+def _picker(kind: str, label: str, key: str, choices: list[str]) -> None:
+    current = st.session_state.get(key)
+    options = list(dict.fromkeys([*choices, *([current] if current else [])]))
+    if options:
+        st.selectbox(label, options, key=key, format_func=state.short, help=current)
+    else:
+        st.caption(f"{label}: none yet")
+    st.text_input(
+        f"Open another {kind} folder",
+        key=f"{kind}_other",
+        on_change=_open,
+        args=(kind,),
+        placeholder="/path/to/folder",
     )
-else:
-    st.success(f"Checkpoint: {card.name} ({card.architecture}, input {card.prep.size}px)")
+    if st.session_state.get(f"{kind}_other_error"):
+        st.error(st.session_state[f"{kind}_other_error"])
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        st.caption("Research and teaching tool. **Not for clinical use.**")
+        _picker("run", "Evaluation run", state.RUN, state.run_choices())
+        _picker("checkpoint", "Checkpoint", state.CHECKPOINT, state.checkpoint_choices())
+        st.slider(
+            "Threshold: abnormal if probability ≥",
+            min_value=0.0,
+            max_value=1.0,
+            step=0.001,
+            format="%.3f",
+            key=state.THRESHOLD,
+            help="One threshold for every page. The Metrics page offers presets and lets you "
+            "click the ROC curve to set it.",
+        )
+
+
+st.set_page_config(page_title="neXt-Ray", page_icon=":material/radiology:", layout="wide")
+state.init_session()
+sidebar()
+navigation = st.navigation(
+    [
+        st.Page(PAGES / "predict.py", title="Predict", icon=":material/upload_file:", default=True),
+        st.Page(PAGES / "metrics.py", title="Metrics", icon=":material/monitoring:"),
+        st.Page(PAGES / "errors.py", title="Errors", icon=":material/error:"),
+        st.Page(PAGES / "teaching.py", title="Teaching", icon=":material/school:"),
+        st.Page(PAGES / "model.py", title="Model card", icon=":material/description:"),
+    ]
+)
+navigation.run()

@@ -1,0 +1,228 @@
+"""What every page shares: the chosen run and checkpoint, the one threshold, cached loading.
+
+Models are loaded once per process (``st.cache_resource``: one copy shared by every session;
+``predict_with_cam`` is thread-safe on it) and runs once per run folder and version
+(``st.cache_data``). The run and checkpoint given on the command line
+(``streamlit run dashboard/app.py -- --run R --checkpoint C``, as ``nextray dashboard`` passes
+them) or else the bundled demo are the session's defaults; the sidebar switches between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+from torch import nn
+
+from nextray_core.checkpoint import ModelCard, load_checkpoint, read_card
+from nextray_core.errors import NextRayError
+from nextray_core.metrics import metric_table
+from nextray_core.ood import OodModel, load_ood
+from nextray_core.predict import study_table
+from nextray_core.runs import Run, is_run, read_run
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKPOINTS = REPO / "checkpoints"
+DEMO_CHECKPOINT = CHECKPOINTS / "demo"
+DEMO_RUN = DEMO_CHECKPOINT / "run"
+RUNS_FOLDER = REPO / "runs"  # where users usually write runs (git-ignored)
+LEVELS = ("image", "study")
+N_BOOT = 1000
+
+RUN, CHECKPOINT, THRESHOLD = "run_path", "checkpoint_path", "threshold"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint in memory: the eval-mode model, its card and OOD statistics (or None)."""
+
+    path: str
+    model: nn.Module
+    card: ModelCard
+    ood: OodModel | None
+    ood_error: str = ""
+
+
+def command_line(argv: list[str] | None = None) -> argparse.Namespace:
+    """``--run`` and ``--checkpoint`` from the arguments after ``--`` (others are ignored)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--run")
+    parser.add_argument("--checkpoint")
+    args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def _existing(path: str | Path | None) -> str | None:
+    return str(Path(path).resolve()) if path and Path(path).exists() else None
+
+
+def init_session() -> None:
+    """Session defaults: command line first, then the demo; the threshold from the run/card."""
+    args = command_line()
+    state = st.session_state
+    if RUN not in state:
+        state[RUN] = _existing(args.run) or (str(DEMO_RUN) if is_run(DEMO_RUN) else None)
+    if CHECKPOINT not in state:
+        given = _existing(args.checkpoint)
+        demo = str(DEMO_CHECKPOINT) if (DEMO_CHECKPOINT / "card.json").is_file() else None
+        state[CHECKPOINT] = given or demo or _run_checkpoint(state[RUN])
+    state.setdefault("known_runs", [p for p in (state[RUN],) if p])
+    state.setdefault("known_checkpoints", [p for p in (state[CHECKPOINT],) if p])
+    if THRESHOLD not in state:
+        state[THRESHOLD] = _default_threshold(state[RUN], state[CHECKPOINT])
+
+
+def _run_checkpoint(run_path: str | None) -> str | None:
+    """The checkpoint a run names in its run.json, if it is present on this machine."""
+    run = get_run(run_path)
+    for entry in (run.meta.get("checkpoints") or []) if run else []:
+        if (Path(entry.get("path", "")) / "card.json").is_file():
+            return str(entry["path"])
+    return None
+
+
+def _default_threshold(run_path: str | None, checkpoint_path: str | None) -> float:
+    run = get_run(run_path)
+    if run is not None and "default_threshold" in run.meta:
+        return float(run.default_threshold)
+    card = get_card(checkpoint_path)
+    return float(card.default_threshold) if card else 0.5
+
+
+def run_choices() -> list[str]:
+    """Runs this session knows of, plus the demo and any under ./runs and checkpoints/*/run."""
+    found = [str(DEMO_RUN)] if is_run(DEMO_RUN) else []
+    for parent in (RUNS_FOLDER, CHECKPOINTS):
+        if parent.is_dir():
+            found += [str(p) for p in sorted(parent.glob("*")) if is_run(p)]
+            found += [str(p) for p in sorted(parent.glob("*/run")) if is_run(p)]
+    return list(dict.fromkeys([*st.session_state.get("known_runs", []), *found]))
+
+
+def checkpoint_choices() -> list[str]:
+    found = [str(p.parent) for p in sorted(CHECKPOINTS.glob("*/card.json"))]
+    return list(dict.fromkeys([*st.session_state.get("known_checkpoints", []), *found]))
+
+
+def short(path: str | None) -> str:
+    """A path as shown in pickers and legends: relative to the repository when inside it, else
+    its last two parts (the full path is in the picker's help)."""
+    if not path:
+        return "none"
+    try:
+        return str(Path(path).relative_to(REPO))
+    except ValueError:
+        parts = Path(path).parts
+        return str(Path(*parts[-2:])) if len(parts) > 2 else str(path)
+
+
+def _stamp(path: Path, *names: str) -> tuple[float, ...]:
+    """Modification times: a re-written run or checkpoint is read again, not served stale."""
+    return tuple((path / n).stat().st_mtime if (path / n).exists() else 0.0 for n in names)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _read_run(path: str, stamp: tuple[float, ...]) -> Run:
+    return read_run(path)
+
+
+def get_run(path: str | None = None) -> Run | None:
+    """The run at ``path`` (default: the session's), or None if there is none or it is broken."""
+    path = path if path is not None else st.session_state.get(RUN)
+    if not path:
+        return None
+    try:
+        return _read_run(path, _stamp(Path(path), "run.json", "predictions.csv"))
+    except (NextRayError, OSError):
+        return None
+
+
+def run_error(path: str | None) -> str | None:
+    """Why the run at ``path`` cannot be read (None if it can)."""
+    try:
+        read_run(path) if path else None
+    except (NextRayError, OSError) as error:
+        return str(error)
+    return None
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _rows(path: str, stamp: tuple[float, ...], level: str) -> pd.DataFrame:
+    predictions = _read_run(path, stamp).predictions
+    return predictions if level == "image" else study_table(predictions)
+
+
+def run_rows(run: Run, level: str) -> pd.DataFrame:
+    """The run's image rows, or its study rows (mean of the views; the core's study_table)."""
+    return _rows(str(run.path), _stamp(run.path, "run.json", "predictions.csv"), level)
+
+
+@st.cache_data(show_spinner="Bootstrapping intervals…", max_entries=64)
+def _metric_table(path: str, stamp: tuple, level: str, threshold: float, n_boot: int):
+    return metric_table(_rows(path, stamp, level), threshold, n_boot=n_boot, seed=0)
+
+
+def run_metrics(run: Run, level: str, threshold: float, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """``metrics.metric_table`` for the run at this level and threshold (cached)."""
+    stamp = _stamp(run.path, "run.json", "predictions.csv")
+    return _metric_table(str(run.path), stamp, level, float(threshold), n_boot)
+
+
+def get_card(path: str | None = None) -> ModelCard | None:
+    path = path if path is not None else st.session_state.get(CHECKPOINT)
+    try:
+        return read_card(path) if path else None
+    except NextRayError:
+        return None
+
+
+@st.cache_resource(show_spinner="Loading the model (once per process)…", max_entries=2)
+def _load_model(path: str, sha256: str) -> LoadedModel:
+    model, card, extras = load_checkpoint(path)
+    try:
+        ood, problem = load_ood(extras, card), ""
+    except NextRayError as error:
+        ood, problem = None, str(error)
+    return LoadedModel(path=path, model=model, card=card, ood=ood, ood_error=problem)
+
+
+def get_model(path: str | None = None) -> LoadedModel | None:
+    """The session's checkpoint loaded (once per process), or None; errors are shown."""
+    path = path if path is not None else st.session_state.get(CHECKPOINT)
+    if not path:
+        return None
+    try:
+        return _load_model(path, read_card(path).weights_sha256)
+    except NextRayError as error:
+        st.error(f"The checkpoint could not be loaded: {error}")
+        return None
+
+
+def threshold() -> float:
+    return float(st.session_state.get(THRESHOLD, 0.5))
+
+
+def set_threshold(value: float) -> None:
+    """For on_click/on_select callbacks: they run before the sidebar slider is drawn."""
+    st.session_state[THRESHOLD] = min(1.0, max(0.0, float(value)))
+
+
+def no_run_message() -> None:
+    st.info(
+        "**No run yet.** An evaluation run is a folder written by `nextray evaluate` "
+        "(predictions.csv + run.json). Open one in the sidebar, or start the dashboard with "
+        "`nextray dashboard --run RUN_FOLDER`. The bundled demo run (checkpoints/demo/run) "
+        "is not in this copy yet."
+    )
+
+
+def no_model_message() -> None:
+    st.info(
+        "**No model yet.** Choose a checkpoint folder (model.safetensors + card.json) in the "
+        "sidebar, or start the dashboard with `nextray dashboard --checkpoint FOLDER`. The "
+        "bundled demo checkpoint (checkpoints/demo) is not in this copy yet."
+    )

@@ -1,0 +1,194 @@
+"""Metrics: per-region confusion matrices, ROC/PR curves, Table 2, kappa and calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from dashboard import figures, state
+from nextray_core import curves, reference
+from nextray_core.index import MURA_REGIONS
+from nextray_core.metrics import OVERALL
+
+PRESET_LABELS = {
+    "0.5": "0.5",
+    "youden": "Youden",
+    "sensitivity>=0.90": "sens ≥ 0.90",
+    "specificity>=0.90": "spec ≥ 0.90",
+    "max_kappa": "max kappa",
+}
+
+st.title("Metrics")
+run = state.get_run()
+if run is None:
+    state.no_run_message()
+    st.stop()
+
+dataset = run.meta.get("dataset", {})
+st.caption(
+    f"Run **{state.short(str(run.path))}** · {dataset.get('kind', '?')} / "
+    f"{dataset.get('split', '?')} · {len(run.predictions)} images, "
+    f"{run.predictions['study_id'].nunique()} studies · checkpoint "
+    + ", ".join(c.get("name", "?") for c in run.meta.get("checkpoints", []))
+)
+top = st.columns([1.2, 2])
+level = top[0].radio(
+    "Level",
+    state.LEVELS,
+    format_func=lambda v: f"{v} level",
+    horizontal=True,
+    key="metrics_level",
+    help="Study level: a study's probability is the mean of its views (the MURA convention).",
+)
+others = [p for p in state.run_choices() if p != str(run.path)]
+compare_path = top[1].selectbox(
+    "Compare with a second run", [None, *others], format_func=state.short, key="metrics_compare"
+)
+second = state.get_run(compare_path) if compare_path else None
+
+rows = state.run_rows(run, level)
+labelled = rows[rows["label"].isin([0, 1])]
+if labelled["label"].nunique() < 2:
+    st.warning("This run needs labelled normal AND abnormal cases for metrics.")
+    st.stop()
+
+# Threshold presets, computed by the core on the whole run at this level.
+presets = curves.threshold_presets(labelled["label"].to_numpy(), labelled["probability"])
+st.write("**Threshold presets** (or click a point on the ROC curve):")
+for column, (name, value) in zip(st.columns(len(presets)), presets.items(), strict=True):
+    column.button(
+        f"{PRESET_LABELS[name]} · {value:.3f}" if np.isfinite(value) else PRESET_LABELS[name],
+        key=f"preset_{name}",
+        disabled=not np.isfinite(value),
+        on_click=state.set_threshold,
+        args=(value,),
+        width="stretch",
+    )
+threshold = state.threshold()
+table = state.run_metrics(run, level, threshold)
+second_table = state.run_metrics(second, level, threshold) if second is not None else None
+st.markdown(f"Current threshold **{threshold:.3f}** (abnormal if probability ≥ threshold).")
+
+# Curves for one region (or overall), both runs overlaid.
+regions = [OVERALL, *sorted(labelled["region"].unique())]
+region = st.selectbox("Curves and calibration for", regions, key="metrics_region")
+
+
+def _subset(frame):
+    frame = frame[frame["label"].isin([0, 1])]
+    return frame if region == OVERALL else frame[frame["region"] == region]
+
+
+def _curve_set(name, frame, metrics_table):
+    sub = _subset(frame)
+    labels, scores = sub["label"].to_numpy(), sub["probability"].to_numpy()
+    row = metrics_table.loc[region] if region in metrics_table.index else None
+    roc_point = (1 - row["specificity"], row["sensitivity"]) if row is not None else (np.nan,) * 2
+    pr_point = (row["sensitivity"], row["precision"]) if row is not None else (np.nan,) * 2
+    roc = figures.Curve(name, curves.roc_points(labels, scores), roc_point)
+    pr = figures.Curve(name, curves.pr_points(labels, scores), pr_point)
+    bins = (
+        name,
+        curves.reliability_table(labels, scores),
+        curves.expected_calibration_error(labels, scores),
+    )
+    return roc, pr, bins, labels
+
+
+runs = [(state.short(str(run.path)), rows, table)]
+if second is not None:
+    label = state.short(str(second.path))
+    label = str(second.path) if label == runs[0][0] else label
+    runs.append((label, state.run_rows(second, level), second_table))
+sets = [_curve_set(*item) for item in runs]
+
+
+def _clicked_roc() -> None:
+    value = figures.threshold_from_selection(st.session_state.get("roc_chart"))
+    if value is not None:
+        state.set_threshold(value)
+
+
+roc_fig = figures.roc_figure([s[0] for s in sets], f"ROC · {region} · {level} level")
+pr_fig = figures.pr_figure(
+    [s[1] for s in sets], f"Precision-recall · {region}", float(np.mean(sets[0][3]))
+)
+left, right = st.columns(2)
+left.plotly_chart(
+    roc_fig, key="roc_chart", on_select=_clicked_roc, selection_mode="points", theme=None
+)
+right.plotly_chart(pr_fig, key="pr_chart", theme=None)
+
+st.subheader("Confusion matrices per region")
+st.caption("Rows: truth. Columns: prediction at the current threshold.")
+st.plotly_chart(figures.confusion_figure(table), key="confusion_chart", theme=None)
+
+st.subheader("Table 2: metrics per region (95% study-bootstrap intervals)")
+st.caption(
+    f"{state.N_BOOT} bootstrap resamples of whole studies, stratified by region. "
+    "count = rows at this level; abnormal = abnormal rows."
+)
+st.table(figures.table2_compared([(name, t) for name, _, t in runs]))
+for column, (name, _, metrics_table) in zip(st.columns(4), runs, strict=False):
+    column.download_button(
+        f"Table (CSV): {name}",
+        metrics_table.to_csv().encode("utf-8"),
+        file_name=f"metrics_{level}_t{threshold:.3f}.csv",
+        mime="text/csv",
+        key=f"csv_{name}",
+        on_click="ignore",
+    )
+with st.expander("Counts and raw numbers (as computed by nextray_core.metrics.metric_table)"):
+    st.dataframe(table, width="stretch")
+
+st.subheader("Cohen's kappa by region")
+mura = [r for r in table.index if r in MURA_REGIONS or r == OVERALL]
+references = reference.published_kappa()
+measured_on = {key: "hidden MURA test set" for key in reference.KAPPA_COLUMNS}
+measured_on["nextray_seed_resnet152"] = "report's 640-image split"
+kappa_fig = figures.kappa_figure(
+    [(name, t) for name, _, t in runs],
+    references.loc[[r for r in references.index if r in mura]],
+    {key: f"{label} — {measured_on[key]}" for key, label in reference.KAPPA_COLUMNS.items()},
+)
+st.plotly_chart(kappa_fig, key="kappa_chart", theme=None)
+if len(mura) > 1:
+    st.caption(
+        "Reference marks (MURA regions only): "
+        f"radiologists and Stanford — {reference.SOURCES['mura']}; neXt-Ray ResNet-152 — "
+        f"{reference.SOURCES['seed']}. " + " ".join(reference.CAVEATS[:1])
+    )
+    if dataset.get("kind") != "mura":
+        st.warning(
+            f"This run is on {dataset.get('kind', 'another dataset')}, not MURA: region names "
+            "match but the task and images differ, so the marks are context, not a comparison."
+        )
+else:
+    st.caption("No MURA region in this run: the published MURA kappas are not shown.")
+
+st.subheader("Reliability diagram")
+reliability_fig = figures.reliability_figure([s[2] for s in sets])
+st.plotly_chart(reliability_fig, key="reliability_chart", theme=None)
+
+st.subheader("Downloads")
+if not figures.png_export():
+    st.caption(
+        "PNG export needs the optional `kaleido` package (not installed): figures download as "
+        "interactive HTML instead. `pip install kaleido` to get PNG."
+    )
+download_columns = st.columns(5)
+for column, (fig, stem) in zip(
+    download_columns,
+    [
+        (roc_fig, "roc"),
+        (pr_fig, "pr"),
+        (figures.confusion_figure(table), "confusion"),
+        (kappa_fig, "kappa"),
+        (reliability_fig, "reliability"),
+    ],
+    strict=True,
+):
+    data, name, mime = figures.figure_file(fig, f"{stem}_{level}")
+    column.download_button(
+        f"{stem} ({name.rsplit('.', 1)[1]})", data, name, mime, key=f"dl_{stem}", on_click="ignore"
+    )

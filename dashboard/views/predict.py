@@ -1,0 +1,106 @@
+"""Predict: upload the views of one study; each view's probability and map, the study's verdict."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import inference, state
+from nextray_core.errors import NextRayError
+from nextray_core.explain import METHODS, TARGETS
+from nextray_core.index import MURA_REGIONS
+from nextray_core.metrics import predicted_labels
+from nextray_core.predict import UNKNOWN_REGION, study_table
+
+st.title("Predict")
+st.caption(
+    "Upload one or several views of ONE study (PNG, JPEG or DICOM). Files stay in memory; "
+    "nothing is written to disk. Research and teaching only; not for clinical use."
+)
+loaded = state.get_model()
+if loaded is None:
+    state.no_model_message()
+    st.stop()
+
+left, middle, right, far = st.columns(4)
+region = left.selectbox("Study type", [UNKNOWN_REGION, *MURA_REGIONS], key="predict_region")
+method = middle.selectbox(
+    "Map method",
+    METHODS,
+    key="predict_method",
+    help="cam: from the same forward pass (fast). The others use pytorch-grad-cam; scorecam "
+    "runs one forward pass per feature channel (minutes on a CPU).",
+)
+target = right.radio(
+    "Evidence for", TARGETS, key="predict_target", horizontal=True, help="abnormal or normal"
+)
+opacity = far.slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="predict_opacity")
+
+files = st.file_uploader(
+    "Radiographs (several views of one study at once)",
+    accept_multiple_files=True,
+    key="predict_files",
+)
+if not files:
+    st.info("Upload one or more views to see the model's probability and where it looks.")
+    st.stop()
+
+threshold = state.threshold()
+results = []
+for upload in files:
+    try:
+        with st.spinner(f"Reading and scoring {upload.name}…"):
+            result = inference.explain_upload(upload.getvalue(), upload.name, method, target)
+    except NextRayError as error:
+        st.error(f"**{upload.name}** could not be used: {error}", icon=":material/error:")
+        continue
+    results.append(result)
+    with st.container(border=True):
+        image_col, map_col, info_col = st.columns([2, 2, 1.4])
+        image_col.image(result.image, caption=f"{upload.name}", width="stretch")
+        map_col.image(
+            inference.blend(result, opacity),
+            caption=f"{method}: evidence for {target}",
+            width="stretch",
+        )
+        info_col.metric("Probability abnormal", f"{result.probability:.3f}")
+        for note in result.notes:
+            info_col.warning(note)
+        if result.ood_flag:
+            info_col.warning(
+                f"Unlike the training images (OOD distance {result.ood_distance:.1f} > "
+                f"{result.ood_threshold:.1f}): treat this probability with suspicion.",
+                icon=":material/warning:",
+            )
+        meta = result.metadata
+        info_col.caption(
+            f"{meta.get('format', '?').upper()} · {meta.get('width')}x{meta.get('height')} px · "
+            f"{meta.get('bit_depth', '?')}-bit"
+        )
+
+st.session_state["predict_results"] = results  # this session's views (for downloads/tests)
+if not results:
+    st.warning("None of the uploaded files could be read; see the messages above.")
+    st.stop()
+
+views = pd.DataFrame(
+    {
+        "image_path": [r.name for r in results],
+        "study_id": "uploaded study",
+        "patient_id": "uploaded",
+        "region": region,
+        "label": -1,
+        "split": "upload",
+        "probability": [r.probability for r in results],
+    }
+)
+study = study_table(views).iloc[0]
+abnormal = bool(predicted_labels([study["probability"]], threshold)[0])
+st.subheader("Study")
+c1, c2, c3 = st.columns(3)
+c1.metric("Study probability (mean of views)", f"{study['probability']:.3f}")
+c2.metric("Verdict", "abnormal" if abnormal else "normal", help=f"threshold {threshold:.3f}")
+c2.caption(f"at threshold {threshold:.3f} (sidebar)")
+c3.metric("Views scored", int(study["n_views"]))
+if region == UNKNOWN_REGION:
+    st.caption("Study type unknown: the region-specific results on the Metrics page do not apply.")
