@@ -16,6 +16,8 @@ from nextray_core.errors import NextRayError
 COMMAND_MODULES: tuple[str, ...] = (
     "nextray_core.commands.data",
     "nextray_core.commands.dashboard",
+    "nextray_core.commands.evaluate",
+    "nextray_core.commands.explain",
 )
 _PLANNED = {
     "train": "train a classifier (the neXt-Ray report's recipe by default)",
