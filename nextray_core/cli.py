@@ -16,6 +16,7 @@ from nextray_core.errors import NextRayError
 COMMAND_MODULES: tuple[str, ...] = (
     "nextray_core.commands.data",
     "nextray_core.commands.dashboard",
+    "nextray_core.commands.train",
     "nextray_core.commands.evaluate",
     "nextray_core.commands.explain",
 )
