@@ -211,6 +211,15 @@ def set_threshold(value: float) -> None:
     st.session_state[THRESHOLD] = min(1.0, max(0.0, float(value)))
 
 
+def require_run():
+    """The selected run, or a "no run yet" message and the end of this page's script."""
+    run = get_run()
+    if run is None:
+        no_run_message()
+        st.stop()
+    return run
+
+
 def no_run_message() -> None:
     st.info(
         "**No run yet.** An evaluation run is a folder written by `nextray evaluate` "

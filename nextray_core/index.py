@@ -119,3 +119,19 @@ def split_by_group(
                 assignment[member] = name
             start = stop
     return frame[group].map(assignment).rename("split")
+
+
+DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def split_stratified(
+    frame: pd.DataFrame, fractions: dict[str, float] | None = None, *, seed: int = 0
+) -> pd.Series:
+    """The split used for datasets without a published one: by patient, per region and label."""
+    return split_by_group(
+        frame,
+        fractions or DEFAULT_FRACTIONS,
+        group="patient_id",
+        stratify=("region", "label"),
+        seed=seed,
+    )

@@ -13,10 +13,7 @@ from nextray_core.predict import study_table
 COLUMNS = 4
 
 st.title("Errors")
-run = state.get_run()
-if run is None:
-    state.no_run_message()
-    st.stop()
+run = state.require_run()
 model = state.get_model()
 if model is None:
     st.caption("No checkpoint selected: images are shown without maps.")

@@ -19,10 +19,7 @@ PRESET_LABELS = {
 }
 
 st.title("Metrics")
-run = state.get_run()
-if run is None:
-    state.no_run_message()
-    st.stop()
+run = state.require_run()
 
 dataset = run.meta.get("dataset", {})
 st.caption(

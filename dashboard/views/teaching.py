@@ -13,10 +13,7 @@ ALL = "all regions"
 LABELS = {0: "normal", 1: "abnormal"}
 
 st.title("Teaching")
-run = state.get_run()
-if run is None:
-    state.no_run_message()
-    st.stop()
+run = state.require_run()
 model = state.get_model()
 images = run.predictions[run.predictions["label"].isin([0, 1])]
 if images.empty:

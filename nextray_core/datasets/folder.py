@@ -14,11 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from nextray_core.errors import DatasetError
-from nextray_core.index import make_index, split_by_group
+from nextray_core.index import make_index, split_stratified
 
 CLASS_FOLDERS: dict[str, int] = {"normal": 0, "negative": 0, "abnormal": 1, "positive": 1}
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
-DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
 UNKNOWN_REGION = "unknown"
 EXTRA_COLUMNS: tuple[str, ...] = ("view",)
 EXPECTED_LAYOUT = (
@@ -78,13 +77,7 @@ def load_folder(
     if not rows:
         raise DatasetError(f"the class folders in {root} hold no images; {EXPECTED_LAYOUT}")
     frame = pd.DataFrame(rows)
-    frame["split"] = split_by_group(
-        frame,
-        fractions or DEFAULT_FRACTIONS,
-        group="patient_id",
-        stratify=("region", "label"),
-        seed=seed,
-    )
+    frame["split"] = split_stratified(frame, fractions, seed=seed)
     return make_index(frame)
 
 

@@ -15,12 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from nextray_core.errors import DatasetError
-from nextray_core.index import make_index, split_by_group
+from nextray_core.index import make_index, split_stratified
 
 MANIFEST = "manifest_original.csv"
 BOXES = "annotations/boxes_normalized.csv"
 LABEL_FOLDERS: dict[str, int] = {"Fractured": 1, "Non_fractured": 0}
-DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
 EXTRA_COLUMNS: tuple[str, ...] = ("image_id", "hardware")
 _LAYOUT = (
     "a FracAtlas folder holds manifest_original.csv, dataset.csv, images/Fractured/, "
@@ -63,13 +62,7 @@ def load_fracatlas(
     frame["patient_id"] = frame["study_id"]
     if frame.empty:
         raise DatasetError(f"none of the files listed in {root / MANIFEST} exist; {_LAYOUT}")
-    frame["split"] = split_by_group(
-        frame,
-        fractions or DEFAULT_FRACTIONS,
-        group="patient_id",
-        stratify=("region", "label"),
-        seed=seed,
-    )
+    frame["split"] = split_stratified(frame, fractions, seed=seed)
     index = make_index(frame)
     index.attrs["skipped"] = {
         "missing_file": int((~exists).sum()),
