@@ -6,6 +6,11 @@ judge them (training config, data, metrics with intervals, licence notes); it re
 sha256 of the weights file, which loading checks before anything else. Nothing is unpickled.
 Extra tensors that belong to the model (for instance out-of-distribution statistics) live in
 the same safetensors file under the ``extra.`` prefix.
+
+Hosts that cap file sizes (the repo allows nothing over 50 MB) get shards instead:
+``save_checkpoint(..., max_file_mb=45)`` writes ``model-00001-of-0000N.safetensors`` files,
+listed with their sha256 in ``card.weights_shards``; ``card.weights_sha256`` is then the
+sha256 of the shard hashes, so caches keyed on it still change when any shard does.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from nextray_core.errors import CheckpointError
+from nextray_core.errors import CheckpointError, ConfigError
 from nextray_core.model import ARCHITECTURES, build_model
 from nextray_core.transforms import Preprocessing
 
@@ -32,6 +38,8 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 EXTRA_PREFIX = "extra."
 _PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
+_SHARD_NAME = re.compile(r"^(?P<stem>.+)-\d{5}-of-\d{5}\.safetensors$")
+MB = 1_000_000  # decimal megabytes: stricter than MiB, so a limit in either unit is respected
 
 
 @dataclass
@@ -53,6 +61,7 @@ class ModelCard:
     extra: dict[str, Any] = field(default_factory=dict)
     weights_file: str = WEIGHTS_FILE
     weights_sha256: str = ""
+    weights_shards: list[dict[str, str]] = field(default_factory=list)
     weights_dtype: str = "float32"
     created: str = ""
     format: str = CARD_FORMAT
@@ -60,6 +69,11 @@ class ModelCard:
     @property
     def prep(self) -> Preprocessing:
         return Preprocessing.from_dict(self.preprocessing)
+
+    @property
+    def weight_file_names(self) -> list[str]:
+        """The files holding the weights: the shards in order, or the single weights file."""
+        return [shard["file"] for shard in self.weights_shards] or [self.weights_file]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -80,6 +94,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def combined_sha256(hashes: list[str]) -> str:
+    """One digest for a sharded checkpoint that changes whenever any shard does."""
+    return hashlib.sha256("\n".join(hashes).encode("ascii")).hexdigest()
+
+
 def save_checkpoint(
     model: nn.Module,
     directory: str | Path,
@@ -87,12 +106,22 @@ def save_checkpoint(
     *,
     dtype: torch.dtype = torch.float32,
     extra_tensors: dict[str, torch.Tensor] | None = None,
+    max_file_mb: float | None = None,
 ) -> Path:
     """Write weights and card into ``directory``; each file appears whole or not at all.
 
     Weights are written first, then the card with their hash: a crash in between leaves a card
-    whose hash no longer matches, which loading refuses rather than using stale weights.
+    whose hash no longer matches, which loading refuses rather than using stale weights. With
+    ``max_file_mb``, weights larger than that are split into shards of at most that size (a
+    single tensor larger than the limit gets a shard of its own). Weight files that the new
+    card no longer lists (an older single file or older shards) are removed afterwards. The
+    limit is recorded in the card (``extra["max_file_mb"]``) and kept when a loaded checkpoint
+    is saved again without one, so re-saving never silently brings back one big file.
     """
+    if max_file_mb is None:
+        max_file_mb = (card.extra or {}).get("max_file_mb")
+    if max_file_mb is not None and not max_file_mb > 0:
+        raise ConfigError(f"max_file_mb must be a positive number of MB or None, got {max_file_mb}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -101,17 +130,70 @@ def save_checkpoint(
     }
     for key, value in (extra_tensors or {}).items():
         tensors[EXTRA_PREFIX + key] = value.detach().cpu().contiguous()
-    weights = directory / card.weights_file
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file(
-        tensors, str(tmp), metadata={"format": CARD_FORMAT, "architecture": card.architecture}
-    )
-    os.replace(tmp, weights)
-    card.weights_sha256 = sha256_of(weights)
+    metadata = {"format": CARD_FORMAT, "architecture": card.architecture}
+    limit = None if max_file_mb is None else int(max_file_mb * MB)
+    groups = _shard_groups(tensors, metadata, limit)
+    if len(groups) == 1:
+        _write_safetensors(tensors, directory / card.weights_file, metadata)
+        card.weights_sha256 = sha256_of(directory / card.weights_file)
+        card.weights_shards = []
+    else:
+        stem = Path(card.weights_file).stem
+        card.weights_shards = []
+        for number, keys in enumerate(groups, start=1):
+            name = f"{stem}-{number:05d}-of-{len(groups):05d}.safetensors"
+            _write_safetensors({k: tensors[k] for k in keys}, directory / name, metadata)
+            card.weights_shards.append({"file": name, "sha256": sha256_of(directory / name)})
+        card.weights_sha256 = combined_sha256([shard["sha256"] for shard in card.weights_shards])
+    if max_file_mb is not None:
+        card.extra["max_file_mb"] = max_file_mb
     card.weights_dtype = str(dtype).removeprefix("torch.")
     card.created = card.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_card(directory, card)
+    _remove_stale_weights(directory, card)
     return directory
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def _shard_groups(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str], limit: int | None
+) -> list[list[str]]:
+    """Greedy split of the keys, in order, into files of at most ``limit`` bytes (header too)."""
+    fixed = 16 + len(json.dumps({"__metadata__": metadata}))  # length prefix, padding, metadata
+    sizes = {key: _entry_bytes(key, value) for key, value in tensors.items()}
+    if limit is None or fixed + sum(sizes.values()) <= limit:
+        return [list(tensors)]
+    groups: list[list[str]] = [[]]
+    used = fixed
+    for key, size in sizes.items():
+        if groups[-1] and used + size > limit:
+            groups.append([])
+            used = fixed
+        groups[-1].append(key)
+        used += size
+    return groups
+
+
+def _entry_bytes(key: str, value: torch.Tensor) -> int:
+    """An upper bound on what one tensor adds to a safetensors file: data plus its header entry."""
+    entry = {"dtype": "BF16", "shape": list(value.shape), "data_offsets": [10**15, 10**15]}
+    return value.numel() * value.element_size() + len(json.dumps({key: entry})) + 2
+
+
+def _remove_stale_weights(directory: Path, card: ModelCard) -> None:
+    """Delete weight files of earlier saves that the card just written no longer lists."""
+    keep = set(card.weight_file_names)
+    stem = Path(card.weights_file).stem
+    for path in directory.glob("*.safetensors"):
+        match = _SHARD_NAME.match(path.name)
+        ours = path.name == card.weights_file or (match is not None and match["stem"] == stem)
+        if ours and path.name not in keep:
+            path.unlink()
 
 
 def write_card(directory: str | Path, card: ModelCard) -> Path:
@@ -124,7 +206,7 @@ def write_card(directory: str | Path, card: ModelCard) -> Path:
 
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """Accept the folder, its card.json or its weights file; refuse anything else clearly."""
+    """Accept the folder, its card.json or a weights file (or shard); refuse anything else."""
     path = Path(path)
     if path.suffix.lower() in _PICKLE_SUFFIXES:
         raise CheckpointError(
@@ -132,7 +214,7 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
             "(unpickling can run arbitrary code). Give a checkpoint folder with model.safetensors "
             "and card.json, or pass a plain state dict through --init when training."
         )
-    if path.is_file() and path.name in (CARD_FILE, WEIGHTS_FILE):
+    if path.is_file() and (path.name in (CARD_FILE, WEIGHTS_FILE) or _SHARD_NAME.match(path.name)):
         path = path.parent
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: the folder does not exist")
@@ -159,6 +241,13 @@ def read_card(path: str | Path) -> ModelCard:
         card = ModelCard.from_dict(data)
     except TypeError as error:
         raise CheckpointError(f"{directory / CARD_FILE} is missing fields: {error}") from error
+    if card.weights_shards is None:
+        card.weights_shards = []
+    if not isinstance(card.weights_shards, list):
+        raise CheckpointError(
+            f"{directory / CARD_FILE}: weights_shards must be a list, got "
+            f"{type(card.weights_shards).__name__}. Restore the original card or re-export."
+        )
     if card.architecture not in ARCHITECTURES:
         raise CheckpointError(
             f"card names architecture {card.architecture!r}; this version knows {ARCHITECTURES}"
@@ -167,20 +256,78 @@ def read_card(path: str | Path) -> ModelCard:
 
 
 def verify_checkpoint(path: str | Path) -> ModelCard:
-    """Read the card and check the weights file against its sha256."""
+    """Read the card and check every weights file (or shard) against its sha256."""
     directory = resolve_checkpoint_dir(path)
     card = read_card(directory)
-    weights = directory / card.weights_file
-    if not weights.is_file():
-        raise CheckpointError(f"{weights} is missing; the card refers to it")
-    actual = sha256_of(weights)
-    if actual != card.weights_sha256:
+    if not card.weights_shards:
+        _check_file(directory / card.weights_file, card.weights_sha256, "")
+        return card
+    shards = _shard_entries(directory, card)
+    for number, (file, expected) in enumerate(shards, start=1):
+        _check_file(directory / file, expected, f" as shard {number} of {len(shards)}")
+    combined = combined_sha256([expected for _, expected in shards])
+    if combined != card.weights_sha256:
         raise CheckpointError(
-            f"{weights} does not match its card (sha256 {actual[:12]}..., card says "
-            f"{card.weights_sha256[:12]}...): the file was modified, truncated or swapped. "
-            "Restore the original file or re-export the checkpoint."
+            f"{directory / CARD_FILE}: weights_sha256 does not match the shard hashes it lists "
+            "(the card was edited by hand). Restore the original card or re-export the checkpoint."
         )
     return card
+
+
+def _shard_entries(directory: Path, card: ModelCard) -> list[tuple[str, str]]:
+    """The (file, sha256) pairs of a sharded card, refusing entries that are not plain names."""
+    entries = []
+    for shard in card.weights_shards:
+        file = shard.get("file") if isinstance(shard, dict) else None
+        digest = shard.get("sha256") if isinstance(shard, dict) else None
+        if not (isinstance(file, str) and isinstance(digest, str) and _SHARD_NAME.match(file)):
+            raise CheckpointError(
+                f"{directory / CARD_FILE} has a malformed weights_shards entry {shard!r}; each "
+                "must be {'file': 'model-0000K-of-0000N.safetensors', 'sha256': ...}. "
+                "Restore the original card or re-export the checkpoint."
+            )
+        entries.append((file, digest))
+    return entries
+
+
+def _check_file(weights: Path, expected: str, role: str) -> None:
+    if not weights.is_file():
+        raise CheckpointError(
+            f"{weights} is missing; the card lists it{role}. Restore the file (copy the whole "
+            "checkpoint folder) or re-export the checkpoint."
+        )
+    actual = sha256_of(weights)
+    if actual != expected:
+        raise CheckpointError(
+            f"{weights} does not match its card (sha256 {actual[:12]}..., card says "
+            f"{expected[:12]}...): the file was modified, truncated or swapped. "
+            "Restore the original file or re-export the checkpoint."
+        )
+
+
+def load_tensors(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """Verify a checkpoint and read all its tensors (``extra.`` ones included), shards merged.
+
+    For callers that want the raw state dict rather than a fresh model (e.g. resuming training).
+    """
+    directory = resolve_checkpoint_dir(path)
+    card = verify_checkpoint(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    for name in card.weight_file_names:
+        try:
+            part = load_file(str(directory / name))
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(
+                f"{directory / name} is not valid safetensors: {error}. Re-export the checkpoint."
+            ) from error
+        repeated = sorted(set(part) & set(tensors))
+        if repeated:
+            raise CheckpointError(
+                f"{directory / name} repeats tensors of an earlier shard (e.g. {repeated[:2]}); "
+                "re-export the checkpoint."
+            )
+        tensors.update(part)
+    return card, tensors
 
 
 def load_checkpoint(
@@ -188,13 +335,7 @@ def load_checkpoint(
 ) -> tuple[nn.Module, ModelCard, dict[str, torch.Tensor]]:
     """Verify and load a checkpoint: (model in eval mode, float32, its card, extra tensors)."""
     directory = resolve_checkpoint_dir(path)
-    card = verify_checkpoint(directory)
-    try:
-        tensors = load_file(str(directory / card.weights_file))
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(
-            f"{directory / card.weights_file} is not valid safetensors: {error}"
-        ) from error
+    card, tensors = load_tensors(directory)
     extras = {
         k.removeprefix(EXTRA_PREFIX): v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)
     }

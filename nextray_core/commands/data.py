@@ -69,7 +69,8 @@ def run_card(args: argparse.Namespace) -> int:
     print(f"threshold:     {card.default_threshold}")
     print(f"task:          {card.task}")
     print(f"intended use:  {card.intended_use}")
-    print(f"weights:       {card.weights_file} ({card.weights_dtype}), sha256 verified")
+    files = ", ".join(card.weight_file_names)
+    print(f"weights:       {files} ({card.weights_dtype}), sha256 verified")
     return 0
 
 
