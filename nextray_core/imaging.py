@@ -82,13 +82,16 @@ def read_radiograph(
         **meta,
     }
     if meta["colour_photo"]:
-        warnings.warn(
-            f"{label} looks like a colour photograph, not a radiograph: a prediction on it means "
-            "nothing. Use the X-ray image itself (PNG, JPEG or DICOM).",
-            NotARadiographWarning,
-            stacklevel=2,
-        )
+        warnings.warn(colour_photo_message(label), NotARadiographWarning, stacklevel=2)
     return Radiograph(pixels=pixels, metadata=meta)
+
+
+def colour_photo_message(label: str) -> str:
+    """What to tell a user whose image is a colour photograph (warning text and dashboard note)."""
+    return (
+        f"{label} looks like a colour photograph, not a radiograph: a prediction on it means "
+        "nothing. Use the X-ray image itself (PNG, JPEG or DICOM)."
+    )
 
 
 def looks_like_colour_photo(rgb: np.ndarray) -> bool:

@@ -24,7 +24,8 @@ from nextray_core.imaging import read_radiograph
 from nextray_core.transforms import as_image_tensor, resize_uint8
 
 
-def _load_resized(path: str, size: int) -> np.ndarray:
+def load_resized(path: str, size: int) -> np.ndarray:
+    """Decode and resize one image as training does (uint8 S x S)."""
     return resize_uint8(read_radiograph(path).pixels, size)
 
 
@@ -55,7 +56,7 @@ def build_cache(
         tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size)
     )
     with ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1)) as pool:
-        jobs = pool.map(_load_resized, paths, [size] * len(paths))
+        jobs = pool.map(load_resized, paths, [size] * len(paths))
         for position, image in enumerate(tqdm(jobs, total=len(paths), desc="caching images")):
             array[position] = image
     array.flush()

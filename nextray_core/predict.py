@@ -23,13 +23,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from nextray_core.checkpoint import ModelCard
+from nextray_core.engine import InferenceEngine, build_engine
 from nextray_core.errors import ConfigError, DatasetError, NextRayError
 from nextray_core.imaging import SUPPORTED_SUFFIXES
 from nextray_core.index import INDEX_COLUMNS, MURA_REGIONS, UNKNOWN_LABEL
 from nextray_core.loader import RadiographDataset
 from nextray_core.transforms import Preprocessing, eval_transform
 
-Member = tuple[nn.Module, ModelCard]
+Member = tuple[InferenceEngine | nn.Module, ModelCard]
 COMBINE_RULES: tuple[str, ...] = ("mean", "vote")
 UNKNOWN_REGION = "unknown"
 _MURA_STUDY = re.compile(r"^study\d+_(positive|negative)$")
@@ -88,6 +89,13 @@ def _check_combine(combine: str) -> None:
         raise ConfigError(f"unknown ensemble rule {combine!r}; choose one of {COMBINE_RULES}")
 
 
+def _as_engine(member: InferenceEngine | nn.Module, card: ModelCard, device: torch.device):
+    """Engines answer as they are; a bare model answers through plain fp32 PyTorch."""
+    if isinstance(member, InferenceEngine):
+        return member
+    return build_engine(member.to(device).eval(), card, backend="torch-fp32")
+
+
 class _ReportingDataset(RadiographDataset):
     """A RadiographDataset that reports an unreadable image instead of failing the whole pass."""
 
@@ -144,7 +152,7 @@ def predict_index(
     for i, (_, card) in enumerate(models):
         by_prep.setdefault(card.prep, []).append(i)
     for prep, members in by_prep.items():
-        nets = [models[i][0].to(device).eval() for i in members]
+        engines = [_as_engine(*models[i], device) for i in members]
         loader = DataLoader(
             _ReportingDataset(index, prep),
             batch_size=batch_size,
@@ -157,8 +165,8 @@ def predict_index(
             for images, _, positions, batch_errors, batch_notes in batches:
                 x = images.to(device, non_blocking=True)
                 rows = positions.numpy()
-                for i, net in zip(members, nets, strict=True):
-                    probs[rows, i] = torch.sigmoid(net(x).float()[:, 0]).cpu().numpy()
+                for i, engine in zip(members, engines, strict=True):
+                    probs[rows, i] = engine.run(x).probabilities.cpu().numpy()
                 for row, error, note in zip(rows, batch_errors, batch_notes, strict=True):
                     errors[row] = errors[row] or error
                     notes[row] = notes[row] or note

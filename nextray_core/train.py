@@ -34,15 +34,20 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from nextray_core import train_state
-from nextray_core.checkpoint import ModelCard, save_checkpoint, verify_checkpoint
+from nextray_core.checkpoint import (
+    EXTRA_PREFIX,
+    ModelCard,
+    load_tensors,
+    save_checkpoint,
+)
 from nextray_core.config import TrainConfig
+from nextray_core.engine.calibration import calibration_tensors
 from nextray_core.errors import ConfigError, DatasetError, NextRayError
 from nextray_core.loader import RadiographDataset, build_cache
 from nextray_core.model import build_model, describe_freeze
@@ -552,8 +557,10 @@ def _fit(config, out_dir, resume, index, on_step, rank, world, device) -> FitRes
     position: dict[str, Any] = {**_start_of(0), "best_score": None, "best_epoch": 0}
     if state is not None:
         last = train_state.find_last(out_dir)
-        verify_checkpoint(last)
-        raw.load_state_dict(load_file(str(last / "model.safetensors"), device=str(device)))
+        _, tensors = load_tensors(last)  # verified against its card; extra.* are not weights
+        raw.load_state_dict(
+            {k: v.to(device) for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+        )
         optimizer.load_state_dict(state["optimizer_state"])  # moves the state to the params
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -563,6 +570,9 @@ def _fit(config, out_dir, resume, index, on_step, rank, world, device) -> FitRes
     model = torch.compile(core) if config.compile else core
     eval_model = model if world == 1 else (torch.compile(raw) if config.compile else raw)
     train_loader, val_loader, sampler = _loaders(config, train, val, runtime)
+    # real validation radiographs travel with every checkpoint: the inference engine checks
+    # its faster backends against fp32 on them (nextray_core.engine)
+    calibration = calibration_tensors(val, config.size, seed=config.seed) if runtime.is_main else {}
 
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -579,7 +589,9 @@ def _fit(config, out_dir, resume, index, on_step, rank, world, device) -> FitRes
         if runtime.is_main:
 
             def write(tmp: Path) -> None:
-                save_checkpoint(raw, tmp, _card(config, epoch_done, metrics, data))
+                save_checkpoint(
+                    raw, tmp, _card(config, epoch_done, metrics, data), extra_tensors=calibration
+                )
                 train_state.write_resume_files(
                     tmp,
                     optimizer_state=optimizer.state_dict(),
@@ -644,7 +656,10 @@ def _fit(config, out_dir, resume, index, on_step, rank, world, device) -> FitRes
                     if improved:
                         card = _card(config, epoch + 1, metrics, data)
                         train_state.swap_in(
-                            lambda tmp, card=card: save_checkpoint(raw, tmp, card), out_dir / "best"
+                            lambda tmp, card=card: save_checkpoint(
+                                raw, tmp, card, extra_tensors=calibration
+                            ),
+                            out_dir / "best",
                         )
                 save_last(epoch + 1, metrics, position)
         except KeyboardInterrupt:

@@ -16,6 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from nextray_core.commands.evaluate import add_backend_argument
 from nextray_core.errors import NextRayError
 
 CSV_NAME = "explanations.csv"
@@ -64,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also score each map's faithfulness (10 extra forward passes per batch)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    add_backend_argument(parser)
     parser.set_defaults(handler=run_explain)
 
 
@@ -113,10 +115,9 @@ def run_explain(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from nextray_core.checkpoint import load_checkpoint
-    from nextray_core.explain import explain_batch, faithfulness, overlay
+    from nextray_core.engine import load_engine
+    from nextray_core.explain import faithfulness, overlay
     from nextray_core.explain.overlay import colormap_lut
-    from nextray_core.ood import load_ood
     from nextray_core.transforms import as_image_tensor, eval_transform
 
     colormap_lut(args.colormap)  # an unknown colormap fails before any work
@@ -125,8 +126,10 @@ def run_explain(args: argparse.Namespace) -> int:
     files = find_images(args.inputs)
     if not files:
         raise NextRayError(f"no images ({', '.join(map(str, args.inputs))}): give files or folders")
-    model, card, extras = load_checkpoint(args.checkpoint, device=args.device)
-    ood = load_ood(extras, card)
+    engine = load_engine(args.checkpoint, device=args.device, backend=args.backend)
+    model, card, ood = engine.model, engine.card, engine.ood
+    if engine.ood_error:
+        print(f"OOD check off: {engine.ood_error}", file=sys.stderr)
     transform = eval_transform(card.prep)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -145,7 +148,7 @@ def run_explain(args: argparse.Namespace) -> int:
             tensors.append(transform(as_image_tensor(image.pixels)))
         if images:
             batch = torch.stack(tensors)
-            result = explain_batch(model, batch, args.method, args.target)
+            result = engine.explain(batch, args.method, args.target)
             faith = (
                 faithfulness(model, batch, result.maps, target=args.target)
                 if args.faithfulness

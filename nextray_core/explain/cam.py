@@ -65,15 +65,18 @@ def check_explainable(model: nn.Module) -> None:
         raise TypeError("the head must be [Dropout ->] Linear(F, 1), as build_model makes it")
 
 
+def feature_stages(model: nn.Module) -> list[nn.Module]:
+    """The modules that turn an image into the final (post-ReLU) feature maps, in order."""
+    if isinstance(model, models.DenseNet):
+        return [model.features, nn.ReLU()]
+    stem = [model.conv1, model.bn1, model.relu, model.maxpool]
+    return [*stem, model.layer1, model.layer2, model.layer3, model.layer4]
+
+
 def feature_maps(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """The final (post-ReLU) feature maps B x F x h x w that the head pools."""
-    if isinstance(model, models.DenseNet):
-        return F.relu(model.features.forward(batch))
-    x = model.conv1.forward(batch)
-    x = model.bn1.forward(x)
-    x = model.relu.forward(x)
-    x = model.maxpool.forward(x)
-    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+    x = batch
+    for stage in feature_stages(model):
         x = stage.forward(x)
     return x
 
@@ -101,10 +104,16 @@ def predict_with_cam(model: nn.Module, batch: torch.Tensor) -> CamResult:
     """Probabilities and abnormal-evidence CAMs for a preprocessed batch, in one forward pass."""
     check_explainable(model)
     with torch.no_grad():
-        maps = feature_maps(model, as_model_input(model, batch))
-        logits, pooled = head_logits(model, maps)
+        return cam_from_maps(model, feature_maps(model, as_model_input(model, batch)))
+
+
+def cam_from_maps(model: nn.Module, maps: torch.Tensor) -> CamResult:
+    """The head's logits, the CAMs and the pooled features from final feature maps (float32)."""
+    maps = maps.float()
+    with torch.no_grad():
+        logits, pooled = head_logits(model, maps.to(output_linear(model).weight.dtype))
         weight = output_linear(model).weight[0].to(torch.float32)
-        cams = torch.einsum("f,bfhw->bhw", weight, maps.to(torch.float32))
+        cams = torch.einsum("f,bfhw->bhw", weight, maps)
     logits = logits.float()
     return CamResult(
         logits=logits,

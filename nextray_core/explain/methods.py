@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -39,6 +40,7 @@ from torch import nn
 
 from nextray_core.errors import ConfigError
 from nextray_core.explain.cam import (
+    CamResult,
     as_model_input,
     check_explainable,
     display_maps,
@@ -207,11 +209,13 @@ def explain_batch(
     target: str = "abnormal",
     *,
     batch_size: int = 32,
+    cam_pass: Callable[[torch.Tensor], CamResult] | None = None,
 ) -> Explanation:
     """Display maps (B x S x S in [0, 1], ReLU'd evidence scaled per image) and probabilities.
 
     ``batch`` is preprocessed (B x 3 x S x S). ``batch_size`` is only used by scorecam (how many
-    masked copies go through the model at once).
+    masked copies go through the model at once). ``cam_pass`` runs the single-pass CAM instead
+    of ``predict_with_cam(model, .)``: an inference engine passes its fast backend here.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown CAM method {method!r}; choose one of {list(METHODS)}")
@@ -219,7 +223,7 @@ def explain_batch(
     check_explainable(model)
     size = tuple(batch.shape[-2:])
     if method == "cam":
-        result = predict_with_cam(model, batch)
+        result = cam_pass(batch) if cam_pass is not None else predict_with_cam(model, batch)
         raw = result.cams_abnormal if target == "abnormal" else -result.cams_abnormal
         logits, pooled = result.logits, result.pooled_features
     else:

@@ -1,0 +1,81 @@
+"""One radiograph in, everything a viewer shows out: probability, map, OOD verdict, notes.
+
+This is what the dashboard's Predict, Errors and Teaching pages call (through their caches),
+so the pages hold no model logic. Reading is warning-free (the colour-photo note comes from the
+image's metadata), which keeps concurrent dashboard sessions from racing on the global
+``warnings`` filters.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from nextray_core.engine.engine import InferenceEngine
+from nextray_core.imaging import colour_photo_message, read_radiograph
+from nextray_core.transforms import as_image_tensor, eval_transform
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The model's answer for one radiograph; ``pixels`` is the whole decoded image (uint8)."""
+
+    name: str
+    probability: float
+    pixels: np.ndarray
+    cam: np.ndarray  # S x S in [0, 1]: ReLU'd evidence for ``target``, scaled by its maximum
+    method: str
+    target: str
+    backend: str
+    ood_distance: float | None = None
+    ood_flag: bool = False
+    ood_threshold: float | None = None
+    notes: tuple[str, ...] = ()
+    metadata: dict = field(default_factory=dict)
+
+
+def answer_radiograph(
+    engine: InferenceEngine,
+    source: str | Path | bytes | BinaryIO,
+    name: str | None = None,
+    *,
+    method: str = "cam",
+    target: str = "abnormal",
+) -> Answer:
+    """Read ``source`` (raises ImageReadError for a bad file) and answer it.
+
+    ``method='cam'`` runs through the engine's fast backend; pytorch-grad-cam's methods need
+    gradients or hooks and run on the fp32 model (``InferenceEngine.explain``).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        radiograph = read_radiograph(source, name=name)
+    label = radiograph.metadata["name"]
+    notes = (colour_photo_message(label),) if radiograph.metadata.get("colour_photo") else ()
+    pixels = radiograph.to_uint8()
+    batch = eval_transform(engine.card.prep)(as_image_tensor(torch.from_numpy(pixels)))[None]
+    explained = engine.explain(batch, method, target)
+    pooled = explained.pooled_features
+    distance, flag, limit = None, False, None
+    if engine.ood is not None:
+        distance = float(engine.ood.score(pooled)[0])
+        flag, limit = bool(engine.ood.flags(pooled)[0]), engine.ood.threshold
+    return Answer(
+        name=label,
+        probability=float(explained.probabilities[0]),
+        pixels=pixels,
+        cam=explained.maps[0],
+        method=method,
+        target=target,
+        backend=engine.backend_name if method == "cam" else "torch-fp32",
+        ood_distance=distance,
+        ood_flag=flag,
+        ood_threshold=limit,
+        notes=notes,
+        metadata=dict(radiograph.metadata),
+    )

@@ -1,0 +1,266 @@
+"""One inference engine per checkpoint: the fastest backend that passes the accuracy guard.
+
+``load_engine(path)`` loads a checkpoint and, on the CPU, tries the backends in order
+(``onnx-int8``, ``torch-bf16``, ``torch-mixed``) against the fp32 model on the checkpoint's own
+calibration radiographs (``calibration.images`` in its extra tensors: real images of its
+validation split, stored by ``nextray train``). The first backend within the guard's limits
+answers; plain fp32 PyTorch is the fallback. Exported graphs and guard verdicts are cached under
+``$NEXTRAY_CACHE`` (default ``~/.cache/nextray``) in a folder named after the weights' SHA-256, so
+a second start costs a file read, not an export. A checkpoint's card may record the verdicts
+measured when it was released (``card.extra["engine_guard"]``): a backend that failed there is
+not rebuilt on every new machine just to fail again (a pass is always re-checked locally).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from nextray_core import __version__
+from nextray_core.checkpoint import ModelCard, load_checkpoint
+from nextray_core.engine.backends import (
+    BACKENDS,
+    MIXED_FP32_STAGES,
+    OnnxInt8,
+    TorchBf16,
+    TorchFp32,
+    cpu_supports_bf16,
+    export_onnx,
+    onnxruntime_available,
+    quantize_int8,
+)
+from nextray_core.engine.guard import LIMITS, GuardResult, compare
+from nextray_core.errors import ConfigError, NextRayError
+from nextray_core.explain.cam import CamResult
+from nextray_core.explain.methods import explain_batch
+from nextray_core.ood import OodModel, load_ood
+from nextray_core.transforms import as_image_tensor, eval_transform
+
+CALIBRATION_IMAGES = "calibration.images"
+CALIBRATION_LABELS = "calibration.labels"
+BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
+_GUARD_FORMAT = 1
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("NEXTRAY_CACHE") or Path.home() / ".cache" / "nextray")
+
+
+@dataclass
+class InferenceEngine:
+    """Answers ``run(batch) -> CamResult`` with ``backend``; ``model`` stays the fp32 reference
+    (for pytorch-grad-cam's methods and faithfulness checks, which need gradients or hooks)."""
+
+    model: nn.Module
+    card: ModelCard
+    extras: dict[str, torch.Tensor]
+    backend: object
+    guard: dict[str, GuardResult] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    ood: OodModel | None = None
+    ood_error: str = ""
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def run(self, batch: torch.Tensor) -> CamResult:
+        """Probabilities, CAMs (logit units) and pooled features for a preprocessed batch."""
+        if self.backend_name == "onnx-int8":
+            return self.backend.run(batch)
+        return self.backend.run(batch.to(self.device))
+
+    def explain(self, batch: torch.Tensor, method: str = "cam", target: str = "abnormal"):
+        """``explain_batch`` with the single-pass CAM through this engine's backend; the
+        pytorch-grad-cam methods (gradients, hooks) run on the fp32 model."""
+        return explain_batch(self.model, batch, method, target, cam_pass=self.run)
+
+    def describe(self) -> str:
+        lines = [f"backend: {self.backend_name}"]
+        lines += [result.summary() for result in self.guard.values()]
+        return "\n".join(lines + self.notes)
+
+
+def calibration_batch(
+    extras: dict[str, torch.Tensor], card: ModelCard
+) -> tuple[torch.Tensor, np.ndarray | None] | None:
+    """The checkpoint's calibration radiographs, preprocessed (B x 3 x S x S), and labels."""
+    images = extras.get(CALIBRATION_IMAGES)
+    if images is None or len(images) < 4:
+        return None
+    transform = eval_transform(card.prep)
+    batch = torch.stack([transform(as_image_tensor(image)) for image in images])
+    labels = extras.get(CALIBRATION_LABELS)
+    return batch, None if labels is None else labels.numpy()
+
+
+def run_batched(backend: object, batch: torch.Tensor, size: int = 8) -> CamResult:
+    parts = [backend.run(batch[i : i + size]) for i in range(0, len(batch), size)]
+    return CamResult(
+        *(torch.cat([getattr(p, f) for p in parts]) for f in CamResult.__dataclass_fields__)
+    )
+
+
+def _versions() -> dict[str, str]:
+    versions = {
+        "nextray": __version__,
+        "torch": torch.__version__,
+        "format": str(_GUARD_FORMAT),
+        "limits": json.dumps(LIMITS, sort_keys=True),  # tighter limits -> verdicts re-checked
+    }
+    if onnxruntime_available():
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    return versions
+
+
+class _Cache:
+    """``<root>/<sha256[:16]>/``: exported graphs and guard verdicts for one checkpoint."""
+
+    def __init__(self, sha256: str, root: Path | None = None) -> None:
+        self.folder = (root or cache_root()) / sha256[:16]
+        self.verdicts = self.folder / "guard.json"
+
+    def read(self) -> dict:
+        try:
+            data = json.loads(self.verdicts.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if data.get("versions") == _versions() else {}
+
+    def write(self, name: str, result: GuardResult) -> None:
+        data = self.read() or {"versions": _versions(), "backends": {}}
+        data["backends"][name] = result.to_dict()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.verdicts.with_name(f"guard.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(self.verdicts)
+
+
+def _build(name: str, model: nn.Module, card: ModelCard, calibration, cache: _Cache):
+    if name == "torch-fp32":
+        return TorchFp32(model)
+    if name == "torch-bf16":
+        return TorchBf16(model)
+    if name == "torch-mixed":
+        return TorchBf16(model, fp32_stages=MIXED_FP32_STAGES)
+    int8 = cache.folder / "model.int8.onnx"
+    if not int8.exists():
+        if calibration is None:
+            raise ConfigError("onnx-int8 needs calibration images in the checkpoint")
+        cache.folder.mkdir(parents=True, exist_ok=True)
+        fp32 = export_onnx(model, card.prep.size, cache.folder / "model.fp32.onnx")
+        half = calibration[0][: max(2, len(calibration[0]) // 2)].numpy()
+        quantize_int8(fp32, half, int8)
+        fp32.unlink(missing_ok=True)
+    return OnnxInt8(int8, threads=torch.get_num_threads())
+
+
+def guard_split(calibration):
+    """The second half of the calibration images: the first half set the int8 ranges."""
+    images, labels = calibration
+    start = max(2, len(images) // 2)
+    return images[start:], None if labels is None else labels[start:]
+
+
+def build_engine(
+    model: nn.Module,
+    card: ModelCard,
+    extras: dict[str, torch.Tensor] | None = None,
+    *,
+    backend: str = "auto",
+    cache_dir: str | Path | None = None,
+) -> InferenceEngine:
+    """Pick and build the backend (see the module doc); ``backend`` forces one."""
+    if backend not in BACKEND_CHOICES:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKEND_CHOICES)}")
+    extras = extras or {}
+    model = model.eval()
+    engine = InferenceEngine(model, card, extras, TorchFp32(model))
+    try:
+        engine.ood = load_ood(extras, card)
+    except NextRayError as error:  # broken OOD statistics must not hide the model itself
+        engine.ood_error = str(error)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    calibration = calibration_batch(extras, card)
+    cache = _Cache(card.weights_sha256 or "unhashed", Path(cache_dir) if cache_dir else None)
+    if backend != "auto":
+        if backend != "torch-fp32" and not on_cpu:
+            raise ConfigError(f"{backend} runs on the CPU only; use --device cpu or torch-fp32")
+        if backend == "onnx-int8" and not onnxruntime_available():
+            raise ConfigError("onnx-int8 needs onnxruntime: pip install onnxruntime onnx")
+        engine.backend = _build(backend, model, card, calibration, cache)
+        return engine
+    if not on_cpu:
+        engine.notes.append("on a GPU: fp32 PyTorch")
+        return engine
+    candidates = []
+    if onnxruntime_available():
+        candidates.append("onnx-int8")
+    else:
+        engine.notes.append("onnxruntime is not installed: no int8 path")
+    if cpu_supports_bf16():
+        candidates += ["torch-bf16", "torch-mixed"]
+    if calibration is None:
+        engine.notes.append(
+            "the checkpoint carries no calibration images, so no faster path can be checked "
+            "against fp32: fp32 PyTorch (add them with nextray_core.engine.add_calibration)"
+        )
+        return engine
+    known = cache.read().get("backends", {})
+    released = (card.extra or {}).get("engine_guard", {})
+    guard_images, guard_labels = guard_split(calibration)
+    reference = None
+    for name in candidates:
+        verdict = GuardResult(**known[name]) if name in known else None
+        if verdict is None and name in released and not released[name].get("passed", False):
+            engine.notes.append(
+                f"{name} skipped: it failed the accuracy guard when this checkpoint was released "
+                f"({'; '.join(released[name].get('failures', []))}); force it with --backend"
+            )
+            continue
+        if verdict is not None and not verdict.passed:
+            engine.guard[name] = verdict  # known to fail here: not worth building
+            continue
+        started = time.perf_counter()
+        try:
+            candidate = _build(name, model, card, calibration, cache)
+        except Exception as error:  # an exporter or runtime failure means: not this path
+            engine.notes.append(f"{name} could not be built ({type(error).__name__}: {error})")
+            continue
+        if verdict is None:
+            if reference is None:
+                reference = run_batched(engine.backend, guard_images)
+            verdict = compare(name, reference, run_batched(candidate, guard_images), guard_labels)
+            cache.write(name, verdict)
+        engine.guard[name] = verdict
+        if verdict.passed:
+            engine.backend = candidate
+            engine.notes.append(f"{name} ready in {time.perf_counter() - started:.1f} s")
+            return engine
+    return engine
+
+
+def load_engine(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    backend: str = "auto",
+    cache_dir: str | Path | None = None,
+) -> InferenceEngine:
+    """Load a checkpoint folder and build its engine."""
+    model, card, extras = load_checkpoint(path, device=device)
+    return build_engine(model, card, extras, backend=backend, cache_dir=cache_dir)
