@@ -256,8 +256,14 @@ def write_run(
     *,
     files: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    images_root: str | Path | None = None,
 ) -> Path:
-    """Write a run folder atomically: predictions.csv, run.json and ``files`` (name -> text)."""
+    """Write a run folder atomically: predictions.csv, run.json and ``files`` (name -> text).
+
+    ``images_root``: also copy every image into ``images/`` (paths kept relative to this root)
+    and record the copies' relative paths, so that the run opens anywhere with its images (the
+    shipped demo run). Only for data whose licence allows copies; MURA's does not.
+    """
     missing = [c for c in (*INDEX_COLUMNS, "probability") if c not in predictions.columns]
     if missing:
         raise ValueError(f"predictions lack the column(s) {missing}")
@@ -266,6 +272,8 @@ def write_run(
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; a run is meant to be shared
+        if images_root is not None:
+            predictions = _copy_images(predictions, Path(images_root), staging)
         predictions.to_csv(staging / PREDICTIONS_FILE, index=False)
         for name, text in (files or {}).items():
             (staging / name).write_text(text, encoding="utf-8")
@@ -281,6 +289,20 @@ def write_run(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def _copy_images(predictions: pd.DataFrame, root: Path, staging: Path) -> pd.DataFrame:
+    root = root.resolve()
+    copied = []
+    for image in predictions["image_path"]:
+        source = Path(image).resolve()
+        if not source.is_relative_to(root):
+            raise ValueError(f"{source} is not inside {root}; cannot copy it into the run")
+        relative = Path(IMAGES_FOLDER) / source.relative_to(root)
+        (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, staging / relative)
+        copied.append(relative.as_posix())
+    return predictions.assign(image_path=copied)
 
 
 def read_run(path: str | Path) -> Run:
@@ -311,6 +333,7 @@ def read_run(path: str | Path) -> Run:
     missing = [c for c in (*INDEX_COLUMNS, "probability") if c not in predictions.columns]
     if missing:
         raise DatasetError(f"{path / PREDICTIONS_FILE} lacks the column(s) {missing}")
+    predictions["image_path"] = [resolve_image_path(path, p) for p in predictions["image_path"]]
     scores = None
     if (path / METRICS_FILE).is_file():
         try:
@@ -319,6 +342,17 @@ def read_run(path: str | Path) -> Run:
             raise DatasetError(f"{path / METRICS_FILE} is not readable JSON: {error}") from error
     files = sorted(p.name for p in path.iterdir() if p.is_file())
     return Run(path=path, predictions=predictions, meta=meta, metrics=scores, files=files)
+
+
+IMAGES_FOLDER = "images"
+
+
+def resolve_image_path(run: Path, image_path: str) -> str:
+    """Relative image paths belong to runs that carry their images (the shipped demo run):
+    they are relative to the run folder, wherever it was cloned."""
+    if not image_path or Path(image_path).is_absolute():
+        return image_path
+    return str(run / image_path)
 
 
 def mura_study_path(study_id: str) -> str:

@@ -16,6 +16,32 @@ DATA_KINDS = ("auto", "mura", "fracatlas", "folder", "index")
 COMBINE_RULES = ("mean", "vote")
 
 
+# nextray_core.engine.BACKEND_CHOICES, spelled out so that --help does not import torch
+BACKEND_CHOICES = ("auto", "onnx-int8", "torch-bf16", "torch-mixed", "torch-fp32")
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKEND_CHOICES,
+        help="inference path: auto = the fastest one that passes the accuracy guard against "
+        "fp32 on this machine (default); torch-fp32 = the model exactly as trained",
+    )
+
+
+def load_members(args: argparse.Namespace, device) -> list:
+    """(engine, card) per --checkpoint, each engine on --backend; says which path answers."""
+    from nextray_core.engine import load_engine
+
+    members = []
+    for path in args.checkpoint:
+        engine = load_engine(path, device=device, backend=args.backend)
+        print(f"{path}: {engine.backend_name}", file=sys.stderr)
+        members.append((engine, engine.card))
+    return members
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser(
         "evaluate",
@@ -46,7 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                           help="threshold for the metrics (default: the card's)")  # fmt: skip
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    add_backend_argument(evaluate)
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    evaluate.add_argument("--copy-images", action="store_true",
+                          help="copy the evaluated images into OUT/images so the run opens "
+                          "anywhere (if the data licence allows it: not MURA)")  # fmt: skip
     evaluate.set_defaults(handler=run_evaluate)
 
     predict = sub.add_parser(
@@ -63,7 +93,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--combine", default="mean", choices=COMBINE_RULES)
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_backend_argument(predict)
     predict.set_defaults(handler=run_predict)
+
+
+def _images_root(data: Path, predictions) -> Path:
+    """The dataset folder (or, for an index CSV, the images' common folder)."""
+    import os
+
+    if data.is_dir():
+        return data
+    return Path(os.path.commonpath([str(Path(p).resolve()) for p in predictions["image_path"]]))
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -115,19 +155,24 @@ def _select(index, args: argparse.Namespace):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from nextray_core import report, runs
-    from nextray_core.checkpoint import load_checkpoint, read_card
+    from nextray_core.checkpoint import read_card
     from nextray_core.datasets import detect_dataset_kind, load_dataset
     from nextray_core.predict import ensemble_threshold, predict_index, resolve_device, study_table
 
     _check_numbers(args)
+    kind = detect_dataset_kind(args.data) if args.kind == "auto" else args.kind
+    if args.copy_images and kind == "mura":
+        raise ConfigError(
+            "--copy-images refused for MURA: its licence forbids redistributing the images. "
+            "Share the run without them; others point it at their own MURA copy."
+        )
     out = runs.check_run_target(args.out, overwrite=args.overwrite)
     device = resolve_device(args.device)
     cards = [read_card(path) for path in args.checkpoint]
     data_seed = _data_seed(args, cards)
-    kind = detect_dataset_kind(args.data) if args.kind == "auto" else args.kind
     rows, regions = _select(load_dataset(kind, args.data, seed=data_seed), args)
 
-    members = [load_checkpoint(path, device=device)[:2] for path in args.checkpoint]
+    members = load_members(args, device)
     predictions = predict_index(
         members,
         rows,
@@ -155,7 +200,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         regions=regions,
         device=str(device),
-        extra={"data_seed": data_seed},
+        extra={
+            "data_seed": data_seed,
+            "backends": [engine.backend_name for engine, _ in members],
+        },
     )
     tables = evaluation.tables
     files = {
@@ -174,7 +222,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     }
     if kind == "mura":
         files[runs.SCORER_FILE] = runs.scorer_csv(study_table(predictions), threshold)
-    runs.write_run(out, predictions, meta, files=files, overwrite=args.overwrite)
+    runs.write_run(
+        out,
+        predictions,
+        meta,
+        files=files,
+        overwrite=args.overwrite,
+        images_root=_images_root(args.data, predictions) if args.copy_images else None,
+    )
 
     counts = meta["counts"]
     print(
@@ -190,14 +245,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from nextray_core.checkpoint import load_checkpoint, read_card
+    from nextray_core.checkpoint import read_card
     from nextray_core.predict import ensemble_threshold, predict_files, resolve_device, study_table
 
     _check_numbers(args)
     device = resolve_device(args.device)
     for path in args.checkpoint:
         read_card(path)  # a wrong path fails before any weights are read
-    members = [load_checkpoint(path, device=device)[:2] for path in args.checkpoint]
+    members = load_members(args, device)
     images = predict_files(
         members, args.files, batch_size=args.batch_size, device=device, combine=args.combine
     )
