@@ -1,44 +1,33 @@
-"""One radiograph -> probability, map and OOD flag through nextray_core, cached per image.
+"""One radiograph -> the core engine's answer, cached per image; plus display helpers.
 
-Uploads arrive as bytes and stay in memory (``read_radiograph`` reads bytes; nothing is written
-to disk). Run images are read from their paths. The model comes from ``state.get_model`` (one
-shared copy per process); results are cached per (checkpoint, image, method, target), so
-re-drawing a page or moving the opacity slider does not run the model again.
+Uploads arrive as bytes and stay in memory (nothing is written to disk). Run images are read
+from their paths. The engine comes from ``state.get_model`` (one shared per process); answers
+are cached per (checkpoint, image, method, target), so re-drawing a page or moving the opacity
+slider does not run the model again. All model logic lives in ``nextray_core.engine``.
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
-import torch
 from PIL import Image
 
 from dashboard import state
-from nextray_core.errors import NotARadiographWarning
-from nextray_core.explain import explain_batch, overlay
+from nextray_core.engine import Answer, answer_radiograph
+from nextray_core.explain import overlay
 from nextray_core.imaging import read_radiograph
-from nextray_core.transforms import as_image_tensor, eval_transform
 
 DISPLAY_SIDE = 768  # longest side of the images shown: the browser would shrink them anyway
 
 
 @dataclass(frozen=True)
-class ViewResult:
-    """What the pages show for one view."""
+class ViewResult(Answer):
+    """An Answer whose ``image`` is the display-sized copy of the radiograph."""
 
-    name: str
-    probability: float
-    image: np.ndarray  # display-sized grayscale uint8
-    cam: np.ndarray  # S x S in [0, 1]
-    ood_distance: float | None
-    ood_flag: bool
-    ood_threshold: float | None
-    notes: tuple[str, ...]
-    metadata: dict
+    image: np.ndarray | None = None
 
 
 def _display_copy(pixels: np.ndarray) -> np.ndarray:
@@ -60,27 +49,10 @@ def _explain(
     loaded = state.get_model(checkpoint)
     if loaded is None:
         raise RuntimeError(f"checkpoint {checkpoint} could not be loaded")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NotARadiographWarning)
-        radiograph = read_radiograph(source, name=name)
-    pixels = radiograph.to_uint8()
-    batch = eval_transform(loaded.card.prep)(as_image_tensor(torch.from_numpy(pixels)))[None]
-    explained = explain_batch(loaded.model, batch, method=method, target=target)
-    distance, flag, limit = None, False, None
-    if loaded.ood is not None:
-        distance = float(loaded.ood.score(explained.pooled_features)[0])
-        flag, limit = bool(loaded.ood.flags(explained.pooled_features)[0]), loaded.ood.threshold
-    return ViewResult(
-        name=name,
-        probability=float(explained.probabilities[0]),
-        image=_display_copy(pixels),
-        cam=explained.maps[0],
-        ood_distance=distance,
-        ood_flag=flag,
-        ood_threshold=limit,
-        notes=tuple(str(w.message) for w in caught),
-        metadata=dict(radiograph.metadata),
-    )
+    answer = answer_radiograph(loaded.engine, source, name, method=method, target=target)
+    small = _display_copy(answer.pixels)
+    # keep only the display copy in the cache: full-size pixels would multiply its memory
+    return ViewResult(**{**vars(replace(answer, pixels=small)), "image": small})
 
 
 def explain_upload(data: bytes, name: str, method: str = "cam", target: str = "abnormal"):

@@ -1,7 +1,7 @@
 """What every page shares: the chosen run and checkpoint, the one threshold, cached loading.
 
-Models are loaded once per process (``st.cache_resource``: one copy shared by every session;
-``predict_with_cam`` is thread-safe on it) and runs once per run folder and version
+Models are loaded once per process as inference engines (``st.cache_resource``: one engine
+shared by every session; its backends are thread-safe) and runs once per run folder and version
 (``st.cache_data``). The run and checkpoint given on the command line
 (``streamlit run dashboard/app.py -- --run R --checkpoint C``, as ``nextray dashboard`` passes
 them) or else the bundled demo are the session's defaults; the sidebar switches between them.
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-from torch import nn
 
-from nextray_core.checkpoint import ModelCard, load_checkpoint, read_card
+from nextray_core.checkpoint import ModelCard, read_card
+from nextray_core.engine import InferenceEngine, load_engine
 from nextray_core.errors import NextRayError
 from nextray_core.metrics import metric_table
-from nextray_core.ood import OodModel, load_ood
+from nextray_core.ood import OodModel
 from nextray_core.predict import study_table
 from nextray_core.runs import Run, is_run, read_run
 
@@ -38,13 +38,22 @@ RUN, CHECKPOINT, THRESHOLD = "run_path", "checkpoint_path", "threshold"
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A checkpoint in memory: the eval-mode model, its card and OOD statistics (or None)."""
+    """A checkpoint in memory: its inference engine (fp32 model, fast backend, card, OOD)."""
 
     path: str
-    model: nn.Module
-    card: ModelCard
-    ood: OodModel | None
-    ood_error: str = ""
+    engine: InferenceEngine
+
+    @property
+    def card(self) -> ModelCard:
+        return self.engine.card
+
+    @property
+    def ood(self) -> OodModel | None:
+        return self.engine.ood
+
+    @property
+    def ood_error(self) -> str:
+        return self.engine.ood_error
 
 
 def command_line(argv: list[str] | None = None) -> argparse.Namespace:
@@ -182,12 +191,7 @@ def get_card(path: str | None = None) -> ModelCard | None:
 
 @st.cache_resource(show_spinner="Loading the model (once per process)…", max_entries=2)
 def _load_model(path: str, sha256: str) -> LoadedModel:
-    model, card, extras = load_checkpoint(path)
-    try:
-        ood, problem = load_ood(extras, card), ""
-    except NextRayError as error:
-        ood, problem = None, str(error)
-    return LoadedModel(path=path, model=model, card=card, ood=ood, ood_error=problem)
+    return LoadedModel(path=path, engine=load_engine(path))
 
 
 def get_model(path: str | None = None) -> LoadedModel | None:

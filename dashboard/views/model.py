@@ -91,6 +91,16 @@ for name, values in card.metrics.items():
 if card.extra.get("ood"):
     _mapping("Out-of-distribution check", card.extra["ood"])
 
+loaded = state.get_model(path)
+if loaded is not None:
+    st.subheader("Inference on this machine")
+    st.caption(
+        "The fastest path whose answers match the fp32 model on the checkpoint's own "
+        "calibration radiographs (largest probability change <= 0.01, AUC change <= 0.002, "
+        "every map's correlation >= 0.95); otherwise fp32 PyTorch."
+    )
+    st.code(loaded.engine.describe(), language=None)
+
 st.subheader("Licences and attribution")
 licence = card.licence or {}
 if licence:
