@@ -19,13 +19,13 @@ COMMAND_MODULES: tuple[str, ...] = (
     "nextray_core.commands.train",
     "nextray_core.commands.evaluate",
     "nextray_core.commands.explain",
+    "nextray_core.commands.bench",
 )
 _PLANNED = {
     "train": "train a classifier (the neXt-Ray report's recipe by default)",
     "evaluate": "evaluate checkpoint(s) on a dataset split and write a run folder",
     "predict": "probabilities for image files or folders, per image and per study",
     "explain": "class activation map overlays and trust scores for images",
-    "bench": "CPU inference benchmark: probability + map, fast path vs eager fp32",
     "bench-train": "training throughput benchmark: fast path vs fp32 eager",
 }
 
