@@ -159,3 +159,31 @@ def test_forcing_an_unknown_backend_is_a_clear_error(resnet152):
     card = ModelCard(name="bare", preprocessing=Preprocessing(size=64).to_dict())
     with pytest.raises(ConfigError, match="unknown backend"):
         build_engine(resnet152, card, {}, backend="tensorrt")
+
+
+def test_answer_radiograph_gives_probability_map_and_notes(resnet152, tmp_path):
+    from PIL import Image
+
+    from nextray_core.engine import answer_radiograph
+    from nextray_core.imaging import read_radiograph
+    from nextray_core.transforms import as_image_tensor, eval_transform
+
+    card = ModelCard(name="calm", preprocessing=Preprocessing(size=64).to_dict())
+    engine = build_engine(_well_conditioned(resnet152), card, {}, backend="torch-fp32")
+    image = sorted(FRACATLAS_MINI.glob("images/*/*.jpg"))[0]
+    answer = answer_radiograph(engine, image.read_bytes(), image.name)
+    pixels = read_radiograph(image).to_uint8()
+    batch = eval_transform(card.prep)(as_image_tensor(torch.from_numpy(pixels)))[None]
+    assert answer.probability == pytest.approx(
+        float(predict_with_cam(engine.model, batch).probabilities[0]), abs=1e-6
+    )
+    assert answer.cam.shape == (64, 64) and answer.cam.min() >= 0 and answer.cam.max() <= 1
+    assert answer.pixels.shape == pixels.shape and answer.notes == ()
+    assert answer.backend == "torch-fp32" and answer.name == image.name
+
+    colours = np.zeros((40, 40, 3), dtype=np.uint8)
+    colours[:, :20] = (200, 30, 30)
+    colours[:, 20:] = (20, 160, 40)
+    Image.fromarray(colours).save(tmp_path / "holiday.png")
+    photo = answer_radiograph(engine, tmp_path / "holiday.png")
+    assert photo.notes and "colour photograph" in photo.notes[0]

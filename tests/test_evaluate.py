@@ -214,3 +214,25 @@ def test_non_mura_dataset_omits_the_mura_comparison(world, tmp_path):
     assert run.meta["dataset"]["kind"] == "fracatlas" and SCORER_FILE not in run.files
     report = (out / REPORT_FILE).read_text()
     assert "Table 2" in report and "Radiologist 1" not in report and "not MURA" in report
+
+
+def test_copy_images_makes_a_run_that_opens_from_anywhere(world, tmp_path):
+    out = tmp_path / "travelling"
+    argv = ["evaluate", "--checkpoint", str(world["a"]), "--data", str(FRACATLAS_MINI)]
+    argv += ["--out", str(out), "--split", "test", "--bootstrap", "20", "--copy-images"]
+    assert main([*argv, "--backend", "torch-fp32"]) == 0
+    stored = pd.read_csv(out / PREDICTIONS_FILE)["image_path"]
+    assert all(not Path(p).is_absolute() and p.startswith("images/") for p in stored)
+    moved = tmp_path / "elsewhere" / "run"
+    out.rename(moved.parent.mkdir() or moved)
+    run = read_run(moved)
+    paths = [Path(p) for p in run.predictions["image_path"]]
+    assert paths and all(p.is_file() and p.is_relative_to(moved) for p in paths)
+    assert run.meta["backends"] == ["torch-fp32"]
+
+
+def test_copy_images_is_refused_for_mura(world, tmp_path, capsys):
+    out = tmp_path / "mura-run"
+    argv = ["evaluate", "--checkpoint", str(world["a"]), "--data", str(world["data"])]
+    assert main([*argv, "--out", str(out), "--copy-images"]) == 2
+    assert "licence" in capsys.readouterr().err and not out.exists()
