@@ -282,9 +282,9 @@ def calibration_images(engine: InferenceEngine, count: int = DEFAULT_COUNT) -> G
     calibration = calibration_batch(engine.extras, engine.card)
     if calibration is None:
         return None, None, "no real images (pass --run or --images; random tensors timed)"
-    batch, labels = guard_split(calibration)
+    batch, labels = guard_split(calibration, engine.backend_name)
     batch, labels = batch[:count], None if labels is None else labels[:count]
-    return batch, labels, f"{len(batch)} calibration images of the checkpoint (the guard half)"
+    return batch, labels, f"{len(batch)} calibration images of the checkpoint (those its guard used)"
 
 
 def _batches(images: torch.Tensor | None, size: int, batch_size: int):

@@ -16,14 +16,14 @@ never care which one ran:
 from __future__ import annotations
 
 import copy
+import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torch.utils.mkldnn
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision import models
@@ -94,50 +94,118 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
     return model
 
 
+class StagedNet(nn.Module):
+    """image -> (logit, CAM, pooled) through feature stages of mixed dtypes, as one module.
+
+    Each stage runs in its own dtype (fp32 or bf16), channels-last; the head, the CAM and the
+    pooling are fp32. One module, so that ``torch.compile`` sees the whole graph.
+    """
+
+    def __init__(self, stages: list[nn.Module], dtypes: list[torch.dtype], head: nn.Linear):
+        super().__init__()
+        self.stages = nn.ModuleList(
+            stage.to(dtype).to(memory_format=torch.channels_last).eval()
+            for stage, dtype in zip(stages, dtypes, strict=True)
+        )
+        self.dtypes = dtypes
+        self.head = head.float().eval()
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = image.contiguous(memory_format=torch.channels_last)
+        for stage, dtype in zip(self.stages, self.dtypes, strict=True):
+            x = stage(x.to(dtype))
+        maps = x.float()
+        pooled = maps.mean(dim=(2, 3))
+        cams = torch.einsum("f,bfhw->bhw", self.head.weight[0], maps)
+        return self.head(pooled)[:, 0], cams, pooled
+
+
+_COMPILE_LOCK = threading.Lock()
+
+
 class TorchBf16:
-    """A batch-norm-folded, channels-last copy of the model in bf16; results come back float32.
+    """A batch-norm-folded, channels-last copy of the model in bf16, compiled by TorchInductor
+    (weights frozen and prepacked) when a C++ compiler is there; results come back float32.
 
     ``fp32_stages``: how many leading stages (``explain.cam.feature_stages``; for a ResNet
     conv1, bn1, relu, maxpool, layer1, ...) stay fp32. Why: a backbone whose batch norms were
     re-fitted on a new domain can carry channels whose signal is a small variation on a large
     offset; rounding such inputs to bf16's 8 bits erases the signal, and the deep stages amplify
     the error. Keeping the stem and layer1 (about 7% of ResNet-152's FLOPs) in fp32 fixes that.
+
+    Compiled code is cached in ``cache_dir`` (the engine passes a folder named after the
+    checkpoint's hash), so a second start loads it in seconds. Each batch size compiles once;
+    a smaller batch is padded up to a size already compiled rather than compiled again.
     """
 
-    def __init__(self, model: nn.Module, fp32_stages: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        fp32_stages: int = 0,
+        *,
+        size: int | None = None,
+        cache_dir: Path | None = None,
+        compile: bool = True,
+    ) -> None:
         self.name = "torch-bf16" if fp32_stages == 0 else "torch-mixed"
-        self.head = copy.deepcopy(output_linear(model)).float().cpu().eval()
         folded = fold_batch_norm(model.float().cpu())
-        # oneDNN's own tensors with the weights reordered once ("prepacked"), where available:
-        # eager convolutions would reorder every weight on every call (~15% at batch 1)
-        self.prepacked = torch.backends.mkldnn.is_available()
-        self.stages, self.dtypes = [], []
-        for i, stage in enumerate(feature_stages(folded)):
-            dtype = torch.float32 if i < fp32_stages else torch.bfloat16
-            stage = stage.to(dtype).eval()
-            if self.prepacked:
-                stage = torch.utils.mkldnn.to_mkldnn(stage, dtype)
-            else:
-                stage = stage.to(memory_format=torch.channels_last)
-            self.stages.append(stage)
-            self.dtypes.append(dtype)
+        stages = feature_stages(folded)
+        dtypes = [torch.float32 if i < fp32_stages else torch.bfloat16 for i in range(len(stages))]
+        self.net = StagedNet(stages, dtypes, copy.deepcopy(output_linear(model)))
+        self.forward = self.net
+        self.compiled_sizes: list[int] = []
+        self.note = "eager (not compiled)"
+        self._lock = threading.Lock()
+        if compile and size is not None:
+            self._compile(size, cache_dir)
+
+    def _compile(self, size: int, cache_dir: Path | None) -> None:
+        try:
+            with _COMPILE_LOCK, _inductor_cache(cache_dir):
+                compiled = torch.compile(self.net, dynamic=False)
+                with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+                    compiled(torch.zeros(1, 3, size, size))  # compile now, not at a user's click
+        except Exception as error:  # no C++ compiler, unsupported CPU...: eager is still right
+            self.note = f"eager (torch.compile failed: {type(error).__name__})"
+            return
+        self.forward, self.compiled_sizes = compiled, [1]
+        self.cache_dir = cache_dir
+        self.note = "compiled (TorchInductor, frozen weights)"
 
     def run(self, batch: torch.Tensor) -> CamResult:
         x = batch.to("cpu", torch.float32)
-        with torch.inference_mode():
-            if not self.prepacked:
-                x = x.contiguous(memory_format=torch.channels_last)
-            for stage, dtype in zip(self.stages, self.dtypes, strict=True):
-                if x.dtype != dtype:
-                    x = x.to_dense().to(dtype) if x.is_mkldnn else x.to(dtype)
-                if self.prepacked and not x.is_mkldnn:
-                    x = x.to_mkldnn()
-                x = stage(x)
-            maps = (x.to_dense() if x.is_mkldnn else x).float()
-            pooled = torch.flatten(F.adaptive_avg_pool2d(maps, 1), 1)
-            logits = self.head(pooled)[:, 0]
-            cams = torch.einsum("f,bfhw->bhw", self.head.weight[0], maps)
-        return _result(logits, cams, pooled)
+        count = len(x)
+        if self.compiled_sizes and count not in self.compiled_sizes:
+            larger = [s for s in self.compiled_sizes if s > count]
+            if larger:  # pad: a recompile costs seconds, a few extra images milliseconds
+                x = torch.cat([x, x[-1:].expand(min(larger) - count, *x.shape[1:])])
+        with self._lock, torch.no_grad(), torch._inductor.config.patch(freezing=True):
+            if self.compiled_sizes and len(x) not in self.compiled_sizes:
+                with _inductor_cache(self.cache_dir):
+                    logits, cams, pooled = self.forward(x)
+                self.compiled_sizes.append(len(x))
+            else:
+                logits, cams, pooled = self.forward(x)
+        return _result(logits[:count], cams[:count], pooled[:count])
+
+
+class _inductor_cache:
+    """Point TorchInductor's on-disk cache at ``folder`` while compiling (process-global)."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder, self.before = folder, None
+
+    def __enter__(self) -> None:
+        if self.folder is not None:
+            self.before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.folder)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.folder is not None:
+            if self.before is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.before
 
 
 class SinglePass(nn.Module):

@@ -1,6 +1,6 @@
 """Real radiographs that a checkpoint carries for its engine: int8 ranges and the guard.
 
-``nextray train`` stores a sample of its validation images (uint8, at the model's input size,
+``nextray train`` stores a sample of 128 of its validation images (uint8, at the model's input size,
 decoded and resized exactly as in training) with every checkpoint, so any machine can check a
 faster backend against fp32 without the dataset. Up to half the sample is abnormal, so the
 guard's AUC comparison has both classes; images alternate between classes, and the first half
@@ -18,7 +18,7 @@ import torch
 from nextray_core.checkpoint import load_checkpoint, save_checkpoint
 from nextray_core.loader import load_resized
 
-DEFAULT_COUNT = 64
+DEFAULT_COUNT = 128
 
 
 def pick_rows(index: pd.DataFrame, count: int = DEFAULT_COUNT, seed: int = 0) -> pd.DataFrame:
