@@ -191,7 +191,8 @@ def get_card(path: str | None = None) -> ModelCard | None:
 
 @st.cache_resource(show_spinner="Loading the model (once per process)…", max_entries=2)
 def _load_model(path: str, sha256: str) -> LoadedModel:
-    return LoadedModel(path=path, engine=load_engine(path))
+    # fp32 answers at once; the fast path is compiled and checked in the background
+    return LoadedModel(path=path, engine=load_engine(path, background=True))
 
 
 def get_model(path: str | None = None) -> LoadedModel | None:

@@ -67,6 +67,7 @@ class InferenceEngine:
     notes: list[str] = field(default_factory=list)
     ood: OodModel | None = None
     ood_error: str = ""
+    ready: threading.Thread | None = None
 
     @property
     def backend_name(self) -> str:
@@ -90,6 +91,8 @@ class InferenceEngine:
     def describe(self) -> str:
         note = getattr(self.backend, "note", "")
         lines = [f"backend: {self.backend_name}" + (f", {note}" if note else "")]
+        if self.ready is not None and self.ready.is_alive():
+            lines.append("faster paths are being built and checked; fp32 answers meanwhile")
         lines += [result.summary() for result in self.guard.values()]
         return "\n".join(lines + self.notes)
 
@@ -186,8 +189,14 @@ def build_engine(
     *,
     backend: str = "auto",
     cache_dir: str | Path | None = None,
+    background: bool = False,
 ) -> InferenceEngine:
-    """Pick and build the backend (see the module doc); ``backend`` forces one."""
+    """Pick and build the backend (see the module doc); ``backend`` forces one.
+
+    ``background``: return at once with fp32 answering and build/check the faster paths in a
+    thread, swapping the winner in when it is ready (the dashboard: ready in seconds, fast a
+    little later). ``engine.ready`` is that thread (join it to wait).
+    """
     if backend not in BACKEND_CHOICES:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKEND_CHOICES)}")
     extras = extras or {}
@@ -223,6 +232,20 @@ def build_engine(
             "against fp32: fp32 PyTorch (add them with nextray_core.engine.add_calibration)"
         )
         return engine
+    if background:
+        thread = threading.Thread(
+            target=_choose, args=(engine, candidates, calibration, cache), daemon=True
+        )
+        engine.ready = thread
+        thread.start()
+        return engine
+    _choose(engine, candidates, calibration, cache)
+    return engine
+
+
+def _choose(engine: InferenceEngine, candidates: list[str], calibration, cache: _Cache) -> None:
+    """Try ``candidates`` in order; the first that passes the guard becomes the backend."""
+    model, card = engine.model, engine.card
     known = cache.read().get("backends", {})
     released = (card.extra or {}).get("engine_guard", {})
     references: dict[int, CamResult] = {}
@@ -246,7 +269,7 @@ def build_engine(
         if verdict is None:
             images, labels = guard_split(calibration, name)
             if len(images) not in references:
-                references[len(images)] = run_batched(engine.backend, images)
+                references[len(images)] = run_batched(TorchFp32(model), images)
             reference = references[len(images)]
             verdict = compare(name, reference, run_batched(candidate, images), labels)
             cache.write(name, verdict)
@@ -254,8 +277,7 @@ def build_engine(
         if verdict.passed:
             engine.backend = candidate
             engine.notes.append(f"{name} ready in {time.perf_counter() - started:.1f} s")
-            return engine
-    return engine
+            return
 
 
 def load_engine(
@@ -264,7 +286,10 @@ def load_engine(
     device: str | torch.device = "cpu",
     backend: str = "auto",
     cache_dir: str | Path | None = None,
+    background: bool = False,
 ) -> InferenceEngine:
-    """Load a checkpoint folder and build its engine."""
+    """Load a checkpoint folder and build its engine (see ``build_engine``)."""
     model, card, extras = load_checkpoint(path, device=device)
-    return build_engine(model, card, extras, backend=backend, cache_dir=cache_dir)
+    return build_engine(
+        model, card, extras, backend=backend, cache_dir=cache_dir, background=background
+    )
