@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -116,7 +117,8 @@ def save_checkpoint(
     single tensor larger than the limit gets a shard of its own). Weight files that the new
     card no longer lists (an older single file or older shards) are removed afterwards. The
     limit is recorded in the card (``extra["max_file_mb"]``) and kept when a loaded checkpoint
-    is saved again without one, so re-saving never silently brings back one big file.
+    is saved again without one, so re-saving never silently brings back one big file;
+    ``max_file_mb=math.inf`` asks for one file again.
     """
     if max_file_mb is None:
         max_file_mb = (card.extra or {}).get("max_file_mb")
@@ -131,7 +133,7 @@ def save_checkpoint(
     for key, value in (extra_tensors or {}).items():
         tensors[EXTRA_PREFIX + key] = value.detach().cpu().contiguous()
     metadata = {"format": CARD_FORMAT, "architecture": card.architecture}
-    limit = None if max_file_mb is None else int(max_file_mb * MB)
+    limit = None if max_file_mb is None or math.isinf(max_file_mb) else int(max_file_mb * MB)
     groups = _shard_groups(tensors, metadata, limit)
     if len(groups) == 1:
         _write_safetensors(tensors, directory / card.weights_file, metadata)
@@ -145,8 +147,10 @@ def save_checkpoint(
             _write_safetensors({k: tensors[k] for k in keys}, directory / name, metadata)
             card.weights_shards.append({"file": name, "sha256": sha256_of(directory / name)})
         card.weights_sha256 = combined_sha256([shard["sha256"] for shard in card.weights_shards])
-    if max_file_mb is not None:
+    if max_file_mb is not None and math.isfinite(max_file_mb):
         card.extra["max_file_mb"] = max_file_mb
+    else:
+        card.extra.pop("max_file_mb", None)
     card.weights_dtype = str(dtype).removeprefix("torch.")
     card.created = card.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_card(directory, card)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from math import inf
 
 import pytest
 import torch
@@ -183,7 +184,9 @@ def test_resaving_switches_between_sharded_and_single_and_removes_stale_files(
     folder = _copy(sharded, tmp_path / "switch")
     (folder / "notes.safetensors").write_bytes(b"not ours")  # not a weights file: left alone
     card = read_card(folder)
-    save_checkpoint(resnet152, folder, card, dtype=torch.float16)
+    save_checkpoint(resnet152, folder, card, dtype=torch.float16)  # no limit: the card's kept
+    assert len(read_card(folder).weights_shards) == 3 == len(_shard_paths(folder))
+    save_checkpoint(resnet152, folder, read_card(folder), dtype=torch.float16, max_file_mb=inf)
     assert read_card(folder).weights_shards == [] and _shard_paths(folder) == []
     assert (folder / WEIGHTS_FILE).is_file() and (folder / "notes.safetensors").is_file()
     verify_checkpoint(folder)
