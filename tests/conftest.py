@@ -12,6 +12,15 @@ FRACATLAS_MINI = REPO / "tests" / "data" / "fracatlas_mini"
 SHARED_FRACATLAS = REPO.parent / "shared" / "data" / "fracatlas"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_engine_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The engine's compiled code and verdicts go to a temporary folder, not ~/.cache/nextray
+    (subprocesses such as the browser test's dashboard inherit it)."""
+    import os
+
+    os.environ["NEXTRAY_CACHE"] = str(tmp_path_factory.mktemp("nextray_cache"))
+
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to download (e.g. torchvision weights) fails loudly instead of hanging."""
