@@ -18,6 +18,9 @@ st.caption(
     "nothing is written to disk. Research and teaching only; not for clinical use."
 )
 loaded = state.get_model()
+# the card's own words: "fractured" for the FracAtlas demo, "abnormal" for MURA models
+positive = loaded.card.positive_class if loaded is not None else "abnormal"
+negative = "normal" if positive == "abnormal" else f"not {positive}"
 if loaded is None:
     state.no_model_message()
     st.stop()
@@ -63,7 +66,7 @@ for upload in files:
             caption=f"{method}: evidence for {target}",
             width="stretch",
         )
-        info_col.metric("Probability abnormal", f"{result.probability:.3f}")
+        info_col.metric(f"Probability {positive}", f"{result.probability:.3f}")
         for note in result.notes:
             info_col.warning(note)
         if result.ood_flag:
@@ -99,7 +102,7 @@ abnormal = bool(predicted_labels([study["probability"]], threshold)[0])
 st.subheader("Study")
 c1, c2, c3 = st.columns(3)
 c1.metric("Study probability (mean of views)", f"{study['probability']:.3f}")
-c2.metric("Verdict", "abnormal" if abnormal else "normal", help=f"threshold {threshold:.3f}")
+c2.metric("Verdict", positive if abnormal else negative, help=f"threshold {threshold:.3f}")
 c2.caption(f"at threshold {threshold:.3f} (sidebar)")
 c3.metric("Views scored", int(study["n_views"]))
 if region == UNKNOWN_REGION:
