@@ -156,6 +156,13 @@ def test_a_faithful_fast_backend_is_chosen_and_matches_fp32(resnet152, tmp_path)
     assert auto.backend_name != "torch-fp32"
     assert auto.guard[auto.backend_name].passed
 
+    # the dashboard's way: fp32 answers at once, the checked fast path is swapped in later
+    background = load_engine(folder, cache_dir=tmp_path / "cache", background=True)
+    early = background.run(batch)  # whichever path answers, it answers like fp32
+    assert (early.probabilities - exact.probabilities).abs().max() <= LIMITS["probability"]
+    background.ready.join(timeout=300)
+    assert background.backend_name == auto.backend_name
+
 
 def test_forcing_an_unknown_backend_is_a_clear_error(resnet152):
     from nextray_core.errors import ConfigError

@@ -233,8 +233,9 @@ def build_engine(
         )
         return engine
     if background:
+        # not a daemon: killing a thread inside the compiler at exit aborts the process
         thread = threading.Thread(
-            target=_choose, args=(engine, candidates, calibration, cache), daemon=True
+            target=_choose, args=(engine, candidates, calibration, cache), daemon=False
         )
         engine.ready = thread
         thread.start()
