@@ -16,6 +16,7 @@ never care which one ran:
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import threading
 import warnings
@@ -160,6 +161,8 @@ class TorchBf16:
             self._compile(size, cache_dir)
 
     def _compile(self, size: int, cache_dir: Path | None) -> None:
+        # torch warns "No CUDA runtime is found" on every CPU-only compile: noise for our users
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         try:
             with _COMPILE_LOCK, _inductor_cache(cache_dir):
                 compiled = torch.compile(self.net, dynamic=False)
