@@ -8,7 +8,7 @@ slider does not run the model again. All model logic lives in ``nextray_core.eng
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +21,6 @@ from nextray_core.explain import overlay
 from nextray_core.imaging import read_radiograph
 
 DISPLAY_SIDE = 768  # longest side of the images shown: the browser would shrink them anyway
-
-
-@dataclass(frozen=True)
-class ViewResult(Answer):
-    """An Answer whose ``image`` is the display-sized copy of the radiograph."""
-
-    image: np.ndarray | None = None
 
 
 def _display_copy(pixels: np.ndarray) -> np.ndarray:
@@ -45,24 +38,24 @@ def _explain(
     method: str,
     target: str,
     version: str = "",
-) -> ViewResult:
+) -> Answer:
+    """The core's answer, with ``pixels`` shrunk to the display size (what the cache keeps:
+    full-size pixels would multiply its memory)."""
     loaded = state.get_model(checkpoint)
     if loaded is None:
         raise RuntimeError(f"checkpoint {checkpoint} could not be loaded")
     answer = answer_radiograph(loaded.engine, source, name, method=method, target=target)
-    small = _display_copy(answer.pixels)
-    # keep only the display copy in the cache: full-size pixels would multiply its memory
-    return ViewResult(**{**vars(replace(answer, pixels=small)), "image": small})
+    return replace(answer, pixels=_display_copy(answer.pixels))
 
 
 def explain_upload(data: bytes, name: str, method: str = "cam", target: str = "abnormal"):
-    """An uploaded file's bytes -> ViewResult; raises ImageReadError for a bad file."""
+    """An uploaded file's bytes -> Answer; raises ImageReadError for a bad file."""
     loaded = _checkpoint()
     return _explain(loaded[0], loaded[1], data, name, method, target)
 
 
-def explain_path(path: str, method: str = "cam", target: str = "abnormal") -> ViewResult:
-    """A run image on disk -> ViewResult (ImageReadError if it is missing or unreadable)."""
+def explain_path(path: str, method: str = "cam", target: str = "abnormal") -> Answer:
+    """A run image on disk -> Answer (ImageReadError if it is missing or unreadable)."""
     loaded = _checkpoint()
     stamp = f"{Path(path).stat().st_mtime_ns}" if Path(path).exists() else ""
     return _explain(loaded[0], loaded[1], path, Path(path).name, method, target, stamp)
@@ -79,9 +72,9 @@ def _checkpoint() -> tuple[str, str]:
 @st.cache_data(show_spinner=False, max_entries=256)
 def read_display(path: str) -> np.ndarray:
     """A run image as display-sized grayscale uint8 (for pages without a model)."""
-    return _display_copy(read_radiograph(path).to_uint8())
+    return _display_copy(read_radiograph(path, warn=False).to_uint8())
 
 
-def blend(result: ViewResult, opacity: float, colormap: str = "jet") -> np.ndarray:
+def blend(result: Answer, opacity: float, colormap: str = "jet") -> np.ndarray:
     """The map over the radiograph (the core's overlay), at the display size."""
-    return overlay(result.image, result.cam, colormap=colormap, opacity=opacity)
+    return overlay(result.pixels, result.cam, colormap=colormap, opacity=opacity)

@@ -58,13 +58,15 @@ class Radiograph:
 
 
 def read_radiograph(
-    source: str | os.PathLike | bytes | BinaryIO, *, name: str | None = None
+    source: str | os.PathLike | bytes | BinaryIO, *, name: str | None = None, warn: bool = True
 ) -> Radiograph:
     """Decode ``source`` into a :class:`Radiograph` or raise ``ImageReadError`` saying why.
 
     Paths must exist and carry a supported suffix (or none); bytes and file objects (dashboard
     uploads, never written to disk) are identified by content alone. ``name`` labels the image
-    in messages and metadata. Colour photographs decode but warn ``NotARadiographWarning``.
+    in messages and metadata. Colour photographs decode but warn ``NotARadiographWarning``;
+    with ``warn=False`` the caller reports ``metadata["colour_photo"]`` itself
+    (``colour_photo_message``), which needs no process-global warning filters (threads).
     """
     data, label, display_name = _read_source(source, name)
     fmt = next((f for magic, f in _MAGIC.items() if data.startswith(magic)), None)
@@ -81,7 +83,7 @@ def read_radiograph(
         "height": pixels.shape[0],
         **meta,
     }
-    if meta["colour_photo"]:
+    if meta["colour_photo"] and warn:
         warnings.warn(colour_photo_message(label), NotARadiographWarning, stacklevel=2)
     return Radiograph(pixels=pixels, metadata=meta)
 

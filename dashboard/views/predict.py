@@ -60,7 +60,7 @@ for upload in files:
     results.append(result)
     with st.container(border=True):
         image_col, map_col, info_col = st.columns([2, 2, 1.4])
-        image_col.image(result.image, caption=f"{upload.name}", width="stretch")
+        image_col.image(result.pixels, caption=f"{upload.name}", width="stretch")
         map_col.image(
             inference.blend(result, opacity),
             caption=f"{method}: evidence for {target}",

@@ -8,7 +8,6 @@ image's metadata), which keeps concurrent dashboard sessions from racing on the 
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -52,9 +51,7 @@ def answer_radiograph(
     ``method='cam'`` runs through the engine's fast backend; pytorch-grad-cam's methods need
     gradients or hooks and run on the fp32 model (``InferenceEngine.explain``).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        radiograph = read_radiograph(source, name=name)
+    radiograph = read_radiograph(source, name=name, warn=False)
     label = radiograph.metadata["name"]
     notes = (colour_photo_message(label),) if radiograph.metadata.get("colour_photo") else ()
     pixels = radiograph.to_uint8()
@@ -63,8 +60,8 @@ def answer_radiograph(
     pooled = explained.pooled_features
     distance, flag, limit = None, False, None
     if engine.ood is not None:
-        distance = float(engine.ood.score(pooled)[0])
-        flag, limit = bool(engine.ood.flags(pooled)[0]), engine.ood.threshold
+        distance, limit = float(engine.ood.score(pooled)[0]), engine.ood.threshold
+        flag = distance > limit  # as OodModel.flags, without scoring twice
     return Answer(
         name=label,
         probability=float(explained.probabilities[0]),
