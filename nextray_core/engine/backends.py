@@ -30,13 +30,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision import models
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from nextray_core.explain.cam import (
-    CamResult,
-    feature_maps,
-    feature_stages,
-    head_logits,
-    predict_with_cam,
-)
+from nextray_core.explain.cam import CamResult, feature_stages, head_outputs, predict_with_cam
 from nextray_core.model import output_linear
 
 BACKENDS: tuple[str, ...] = ("onnx-int8", "torch-bf16", "torch-mixed", "torch-fp32")
@@ -48,16 +42,6 @@ class Backend(Protocol):
     name: str
 
     def run(self, batch: torch.Tensor) -> CamResult: ...
-
-
-def _result(logits: torch.Tensor, cams: torch.Tensor, pooled: torch.Tensor) -> CamResult:
-    logits = logits.float()
-    return CamResult(
-        logits=logits,
-        probabilities=torch.sigmoid(logits),
-        cams_abnormal=cams.float(),
-        pooled_features=pooled.float(),
-    )
 
 
 class TorchFp32:
@@ -99,7 +83,8 @@ class StagedNet(nn.Module):
     """image -> (logit, CAM, pooled) through feature stages of mixed dtypes, as one module.
 
     Each stage runs in its own dtype (fp32 or bf16), channels-last; the head, the CAM and the
-    pooling are fp32. One module, so that ``torch.compile`` sees the whole graph.
+    pooling are fp32 (``explain.cam.head_outputs``). One module, so that ``torch.compile`` and
+    the ONNX exporter see the whole graph.
     """
 
     def __init__(self, stages: list[nn.Module], dtypes: list[torch.dtype], head: nn.Linear):
@@ -115,10 +100,7 @@ class StagedNet(nn.Module):
         x = image.contiguous(memory_format=torch.channels_last)
         for stage, dtype in zip(self.stages, self.dtypes, strict=True):
             x = stage(x.to(dtype))
-        maps = x.float()
-        pooled = maps.mean(dim=(2, 3))
-        cams = torch.einsum("f,bfhw->bhw", self.head.weight[0], maps)
-        return self.head(pooled)[:, 0], cams, pooled
+        return head_outputs(self.head, x)
 
 
 _COMPILE_LOCK = threading.Lock()
@@ -189,7 +171,7 @@ class TorchBf16:
                 self.compiled_sizes.append(len(x))
             else:
                 logits, cams, pooled = self.forward(x)
-        return _result(logits[:count], cams[:count], pooled[:count])
+        return CamResult.from_outputs(logits[:count], cams[:count], pooled[:count])
 
 
 class _inductor_cache:
@@ -211,28 +193,17 @@ class _inductor_cache:
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.before
 
 
-class SinglePass(nn.Module):
-    """image -> (logit, CAM, pooled features): the graph exported to ONNX."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        maps = feature_maps(self.model, image)
-        logits, pooled = head_logits(self.model, maps)
-        cams = torch.einsum("f,bfhw->bhw", output_linear(self.model).weight[0], maps)
-        return logits, cams, pooled
-
-
 def export_onnx(model: nn.Module, size: int, path: Path) -> Path:
-    """Write the single-pass graph as ONNX (batch axis dynamic); atomic."""
+    """Write the single-pass graph (fp32 ``StagedNet``) as ONNX, batch axis dynamic; atomic."""
     tmp = path.with_name(path.name + ".tmp")
     example = torch.zeros(1, 3, size, size)
+    model = copy.deepcopy(model).float().cpu().eval()
+    stages = feature_stages(model)
+    net = StagedNet(stages, [torch.float32] * len(stages), copy.deepcopy(output_linear(model)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
         torch.onnx.export(
-            SinglePass(copy.deepcopy(model).float().cpu().eval()),
+            net,
             (example,),
             str(tmp),
             input_names=["image"],
@@ -299,7 +270,7 @@ class OnnxInt8:
     def run(self, batch: torch.Tensor) -> CamResult:
         image = batch.detach().to("cpu", torch.float32).contiguous().numpy()
         logits, cams, pooled = self.session.run(None, {"image": image})
-        return _result(torch.from_numpy(logits), torch.from_numpy(cams), torch.from_numpy(pooled))
+        return CamResult.from_outputs(*(torch.from_numpy(out) for out in (logits, cams, pooled)))
 
 
 def onnxruntime_available() -> bool:

@@ -29,6 +29,7 @@ from nextray_core.checkpoint import ModelCard, load_checkpoint
 from nextray_core.engine.backends import (
     BACKENDS,
     MIXED_FP32_STAGES,
+    Backend,
     OnnxInt8,
     TorchBf16,
     TorchFp32,
@@ -40,7 +41,8 @@ from nextray_core.engine.backends import (
 from nextray_core.engine.guard import LIMITS, GuardResult, compare
 from nextray_core.errors import ConfigError, NextRayError
 from nextray_core.explain.cam import CamResult
-from nextray_core.explain.methods import explain_batch
+from nextray_core.explain.methods import Explanation, explain_batch
+from nextray_core.files import write_text_atomic
 from nextray_core.ood import OodModel, load_ood
 from nextray_core.transforms import as_image_tensor, eval_transform
 
@@ -62,7 +64,7 @@ class InferenceEngine:
     model: nn.Module
     card: ModelCard
     extras: dict[str, torch.Tensor]
-    backend: object
+    backend: Backend
     guard: dict[str, GuardResult] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     ood: OodModel | None = None
@@ -73,17 +75,14 @@ class InferenceEngine:
     def backend_name(self) -> str:
         return self.backend.name
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def run(self, batch: torch.Tensor) -> CamResult:
-        """Probabilities, CAMs (logit units) and pooled features for a preprocessed batch."""
-        if self.backend_name == "onnx-int8":
-            return self.backend.run(batch)
-        return self.backend.run(batch.to(self.device))
+        """Probabilities, CAMs (logit units) and pooled features for a preprocessed batch
+        (each backend moves it where it computes)."""
+        return self.backend.run(batch)
 
-    def explain(self, batch: torch.Tensor, method: str = "cam", target: str = "abnormal"):
+    def explain(
+        self, batch: torch.Tensor, method: str = "cam", target: str = "abnormal"
+    ) -> Explanation:
         """``explain_batch`` with the single-pass CAM through this engine's backend; the
         pytorch-grad-cam methods (gradients, hooks) run on the fp32 model."""
         return explain_batch(self.model, batch, method, target, cam_pass=self.run)
@@ -97,12 +96,18 @@ class InferenceEngine:
         return "\n".join(lines + self.notes)
 
 
+def calibration_images(extras: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The checkpoint's calibration radiographs (N x S x S uint8), or None if too few."""
+    images = extras.get(CALIBRATION_IMAGES)
+    return None if images is None or len(images) < 4 else images
+
+
 def calibration_batch(
     extras: dict[str, torch.Tensor], card: ModelCard
 ) -> tuple[torch.Tensor, np.ndarray | None] | None:
     """The checkpoint's calibration radiographs, preprocessed (B x 3 x S x S), and labels."""
-    images = extras.get(CALIBRATION_IMAGES)
-    if images is None or len(images) < 4:
+    images = calibration_images(extras)
+    if images is None:
         return None
     transform = eval_transform(card.prep)
     batch = torch.stack([transform(as_image_tensor(image)) for image in images])
@@ -110,7 +115,7 @@ def calibration_batch(
     return batch, None if labels is None else labels.numpy()
 
 
-def run_batched(backend: object, batch: torch.Tensor, size: int = 8) -> CamResult:
+def run_batched(backend: Backend, batch: torch.Tensor, size: int = 8) -> CamResult:
     parts = [backend.run(batch[i : i + size]) for i in range(0, len(batch), size)]
     return CamResult(
         *(torch.cat([getattr(p, f) for p in parts]) for f in CamResult.__dataclass_fields__)
@@ -148,15 +153,10 @@ class _Cache:
     def write(self, name: str, result: GuardResult) -> None:
         data = self.read() or {"versions": _versions(), "backends": {}}
         data["backends"][name] = result.to_dict()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.verdicts.with_name(f"guard.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(self.verdicts)
+        write_text_atomic(self.verdicts, json.dumps(data, indent=1))
 
 
-def _build(name: str, model: nn.Module, card: ModelCard, calibration, cache: _Cache):
-    if name == "torch-fp32":
-        return TorchFp32(model)
+def _build(name: str, model: nn.Module, card: ModelCard, calibration, cache: _Cache) -> Backend:
     if name in ("torch-bf16", "torch-mixed"):
         stages = MIXED_FP32_STAGES if name == "torch-mixed" else 0
         folder = cache.folder / "inductor"
@@ -167,10 +167,14 @@ def _build(name: str, model: nn.Module, card: ModelCard, calibration, cache: _Ca
             raise ConfigError("onnx-int8 needs calibration images in the checkpoint")
         cache.folder.mkdir(parents=True, exist_ok=True)
         fp32 = export_onnx(model, card.prep.size, cache.folder / "model.fp32.onnx")
-        half = calibration[0][: max(2, len(calibration[0]) // 2)].numpy()
-        quantize_int8(fp32, half, int8)
+        quantize_int8(fp32, calibration[0][: _int8_half(calibration)].numpy(), int8)
         fp32.unlink(missing_ok=True)
     return OnnxInt8(int8, threads=torch.get_num_threads())
+
+
+def _int8_half(calibration) -> int:
+    """How many leading calibration images set the int8 ranges (the rest can check them)."""
+    return max(2, len(calibration[0]) // 2)
 
 
 def guard_split(calibration, backend: str = "onnx-int8"):
@@ -178,7 +182,7 @@ def guard_split(calibration, backend: str = "onnx-int8"):
     (the first half set its ranges), for the others all of them (more images, finer AUC: with
     64 abnormal and 64 normal, one swapped pair moves the AUC by 0.00024)."""
     images, labels = calibration
-    start = max(2, len(images) // 2) if backend == "onnx-int8" else 0
+    start = _int8_half(calibration) if backend == "onnx-int8" else 0
     return images[start:], None if labels is None else labels[start:]
 
 
@@ -207,14 +211,15 @@ def build_engine(
     except NextRayError as error:  # broken OOD statistics must not hide the model itself
         engine.ood_error = str(error)
     on_cpu = next(model.parameters()).device.type == "cpu"
-    calibration = calibration_batch(extras, card)
     cache = _Cache(card.weights_sha256 or "unhashed", Path(cache_dir) if cache_dir else None)
+    if backend == "torch-fp32":
+        return engine
     if backend != "auto":
-        if backend != "torch-fp32" and not on_cpu:
+        if not on_cpu:
             raise ConfigError(f"{backend} runs on the CPU only; use --device cpu or torch-fp32")
         if backend == "onnx-int8" and not onnxruntime_available():
             raise ConfigError("onnx-int8 needs onnxruntime: pip install onnxruntime onnx")
-        engine.backend = _build(backend, model, card, calibration, cache)
+        engine.backend = _build(backend, model, card, calibration_batch(extras, card), cache)
         return engine
     if not on_cpu:
         engine.notes.append("on a GPU: fp32 PyTorch")
@@ -226,7 +231,7 @@ def build_engine(
         engine.notes.append("onnxruntime is not installed: no int8 path")
     if cpu_supports_bf16():
         candidates += ["torch-bf16", "torch-mixed"]
-    if calibration is None:
+    if calibration_images(extras) is None:
         engine.notes.append(
             "the checkpoint carries no calibration images, so no faster path can be checked "
             "against fp32: fp32 PyTorch (add them with nextray_core.engine.add_calibration)"
@@ -234,19 +239,18 @@ def build_engine(
         return engine
     if background:
         # not a daemon: killing a thread inside the compiler at exit aborts the process
-        thread = threading.Thread(
-            target=_choose, args=(engine, candidates, calibration, cache), daemon=False
-        )
+        thread = threading.Thread(target=_choose, args=(engine, candidates, cache), daemon=False)
         engine.ready = thread
         thread.start()
         return engine
-    _choose(engine, candidates, calibration, cache)
+    _choose(engine, candidates, cache)
     return engine
 
 
-def _choose(engine: InferenceEngine, candidates: list[str], calibration, cache: _Cache) -> None:
+def _choose(engine: InferenceEngine, candidates: list[str], cache: _Cache) -> None:
     """Try ``candidates`` in order; the first that passes the guard becomes the backend."""
     model, card = engine.model, engine.card
+    calibration = calibration_batch(engine.extras, card)
     known = cache.read().get("backends", {})
     released = (card.extra or {}).get("engine_guard", {})
     references: dict[int, CamResult] = {}

@@ -44,6 +44,14 @@ class CamResult:
     cams_abnormal: torch.Tensor
     pooled_features: torch.Tensor
 
+    @classmethod
+    def from_outputs(
+        cls, logits: torch.Tensor, cams: torch.Tensor, pooled: torch.Tensor
+    ) -> CamResult:
+        """From ``head_outputs``' tensors (any float dtype, any backend), as float32."""
+        logits = logits.float()
+        return cls(logits, torch.sigmoid(logits), cams.float(), pooled.float())
+
 
 def check_explainable(model: nn.Module) -> None:
     """Refuse models whose maps would be wrong: training mode, or a head that is not GAP+Linear."""
@@ -104,23 +112,22 @@ def predict_with_cam(model: nn.Module, batch: torch.Tensor) -> CamResult:
     """Probabilities and abnormal-evidence CAMs for a preprocessed batch, in one forward pass."""
     check_explainable(model)
     with torch.no_grad():
-        return cam_from_maps(model, feature_maps(model, as_model_input(model, batch)))
+        maps = feature_maps(model, as_model_input(model, batch))
+        return CamResult.from_outputs(*head_outputs(output_linear(model), maps))
 
 
-def cam_from_maps(model: nn.Module, maps: torch.Tensor) -> CamResult:
-    """The head's logits, the CAMs and the pooled features from final feature maps (float32)."""
+def head_outputs(
+    linear: nn.Linear, maps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits B, CAMs B x h x w, pooled features B x F) from final feature maps; the CAM and
+    the logit in float32 whatever the maps' dtype. Plain tensors, so that torch.compile and the
+    ONNX exporter can take it as part of a module's forward."""
     maps = maps.float()
-    with torch.no_grad():
-        logits, pooled = head_logits(model, maps.to(output_linear(model).weight.dtype))
-        weight = output_linear(model).weight[0].to(torch.float32)
-        cams = torch.einsum("f,bfhw->bhw", weight, maps)
-    logits = logits.float()
-    return CamResult(
-        logits=logits,
-        probabilities=torch.sigmoid(logits),
-        cams_abnormal=cams,
-        pooled_features=pooled.float(),
-    )
+    pooled = maps.mean(dim=(2, 3))
+    weight = linear.weight.float()
+    bias = None if linear.bias is None else linear.bias.float()
+    cams = torch.einsum("f,bfhw->bhw", weight[0], maps)
+    return F.linear(pooled, weight, bias)[:, 0], cams, pooled
 
 
 def display_maps(cams: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
