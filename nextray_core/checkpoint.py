@@ -27,10 +27,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 from torch import nn
 
 from nextray_core.errors import CheckpointError, ConfigError
+from nextray_core.files import write_text_atomic
 from nextray_core.model import ARCHITECTURES, build_model
 from nextray_core.transforms import Preprocessing
 
@@ -202,11 +204,7 @@ def _remove_stale_weights(directory: Path, card: ModelCard) -> None:
 
 def write_card(directory: str | Path, card: ModelCard) -> Path:
     """(Re)write only the card, atomically, e.g. to add evaluation metrics later."""
-    path = Path(directory) / CARD_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(card.to_json(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(directory) / CARD_FILE, card.to_json())
 
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
@@ -263,19 +261,27 @@ def verify_checkpoint(path: str | Path) -> ModelCard:
     """Read the card and check every weights file (or shard) against its sha256."""
     directory = resolve_checkpoint_dir(path)
     card = read_card(directory)
+    for file, expected, role in _weight_files(directory, card):
+        _require(directory / file, role)
+        _check_digest(directory / file, sha256_of(directory / file), expected)
+    return card
+
+
+def _weight_files(directory: Path, card: ModelCard) -> list[tuple[str, str, str]]:
+    """(file, expected sha256, role in messages) for each weights file the card lists."""
     if not card.weights_shards:
-        _check_file(directory / card.weights_file, card.weights_sha256, "")
-        return card
+        return [(card.weights_file, card.weights_sha256, "")]
     shards = _shard_entries(directory, card)
-    for number, (file, expected) in enumerate(shards, start=1):
-        _check_file(directory / file, expected, f" as shard {number} of {len(shards)}")
-    combined = combined_sha256([expected for _, expected in shards])
-    if combined != card.weights_sha256:
+    if combined_sha256([expected for _, expected in shards]) != card.weights_sha256:
         raise CheckpointError(
             f"{directory / CARD_FILE}: weights_sha256 does not match the shard hashes it lists "
             "(the card was edited by hand). Restore the original card or re-export the checkpoint."
         )
-    return card
+    count = len(shards)
+    return [
+        (file, expected, f" as shard {number} of {count}")
+        for number, (file, expected) in enumerate(shards, start=1)
+    ]
 
 
 def _shard_entries(directory: Path, card: ModelCard) -> list[tuple[str, str]]:
@@ -294,13 +300,15 @@ def _shard_entries(directory: Path, card: ModelCard) -> list[tuple[str, str]]:
     return entries
 
 
-def _check_file(weights: Path, expected: str, role: str) -> None:
+def _require(weights: Path, role: str) -> None:
     if not weights.is_file():
         raise CheckpointError(
             f"{weights} is missing; the card lists it{role}. Restore the file (copy the whole "
             "checkpoint folder) or re-export the checkpoint."
         )
-    actual = sha256_of(weights)
+
+
+def _check_digest(weights: Path, actual: str, expected: str) -> None:
     if actual != expected:
         raise CheckpointError(
             f"{weights} does not match its card (sha256 {actual[:12]}..., card says "
@@ -312,22 +320,27 @@ def _check_file(weights: Path, expected: str, role: str) -> None:
 def load_tensors(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     """Verify a checkpoint and read all its tensors (``extra.`` ones included), shards merged.
 
-    For callers that want the raw state dict rather than a fresh model (e.g. resuming training).
+    Each file is read once: hashed and deserialised from the same bytes (verifying first and
+    loading after would read every weight twice at each start-up).
     """
     directory = resolve_checkpoint_dir(path)
-    card = verify_checkpoint(directory)
+    card = read_card(directory)
     tensors: dict[str, torch.Tensor] = {}
-    for name in card.weight_file_names:
+    for file, expected, role in _weight_files(directory, card):
+        weights = directory / file
+        _require(weights, role)
+        data = weights.read_bytes()
+        _check_digest(weights, hashlib.sha256(data).hexdigest(), expected)
         try:
-            part = load_file(str(directory / name))
+            part = load_bytes(data)
         except (SafetensorError, OSError) as error:
             raise CheckpointError(
-                f"{directory / name} is not valid safetensors: {error}. Re-export the checkpoint."
+                f"{weights} is not valid safetensors: {error}. Re-export the checkpoint."
             ) from error
         repeated = sorted(set(part) & set(tensors))
         if repeated:
             raise CheckpointError(
-                f"{directory / name} repeats tensors of an earlier shard (e.g. {repeated[:2]}); "
+                f"{weights} repeats tensors of an earlier shard (e.g. {repeated[:2]}); "
                 "re-export the checkpoint."
             )
         tensors.update(part)

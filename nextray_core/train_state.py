@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nextray_core.errors import CheckpointError
+from nextray_core.files import write_text_atomic
 
 STATE_JSON = "resume_state.json"
 STATE_TENSORS = "resume_state.safetensors"
@@ -165,10 +166,7 @@ def read_log(path: Path, upto: int) -> list[dict[str, Any]]:
 
 
 def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def append_log(path: Path, row: dict[str, Any]) -> None:

@@ -217,7 +217,7 @@ def test_a_hand_edited_shard_list_is_refused(sharded, tmp_path):
     data = json.loads((folder / CARD_FILE).read_text())
     data["weights_shards"][0]["sha256"] = "0" * 64
     (folder / CARD_FILE).write_text(json.dumps(data))
-    with pytest.raises(CheckpointError, match="does not match its card"):
+    with pytest.raises(CheckpointError, match="does not match the shard hashes it lists"):
         verify_checkpoint(folder)
     data["weights_shards"][0] = {"file": "../elsewhere.safetensors", "sha256": "0" * 64}
     (folder / CARD_FILE).write_text(json.dumps(data))

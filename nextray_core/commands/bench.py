@@ -6,11 +6,11 @@ See ``nextray_core.bench_infer`` for what is measured and how.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from nextray_core.commands.evaluate import add_backend_argument
 from nextray_core.errors import CheckpointError, ConfigError
+from nextray_core.files import write_text_atomic
 
 RUN_SUBFOLDER = "run"
 DEFAULT_CHECKPOINT = Path("checkpoints/demo")
@@ -85,8 +85,6 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     print(result.format())
     if args.json is not None:
-        tmp = args.json.with_name(f".{args.json.name}.{os.getpid()}.tmp")
-        tmp.write_text(dump_json(result.to_dict()), encoding="utf-8")
-        tmp.replace(args.json)
+        write_text_atomic(args.json, dump_json(result.to_dict()))
         print(f"\nresults written to {args.json}")
     return 0

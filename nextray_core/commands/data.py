@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from nextray_core.errors import NextRayError
+from nextray_core.files import write_text_atomic
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,11 +49,7 @@ def run_index(args: argparse.Namespace) -> int:
     )
     print(counts.astype(int).to_string())
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        index.to_csv(tmp, index=False)
-        tmp.replace(out)
+        out = write_text_atomic(args.out, index.to_csv(index=False))
         print(f"wrote {out}")
     return 0
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from nextray_core.errors import ConfigError, DatasetError
+from nextray_core.files import write_text_atomic
 
 DATA_KINDS = ("auto", "mura", "fracatlas", "folder", "index")
 COMBINE_RULES = ("mean", "vote")
@@ -280,10 +281,7 @@ def run_predict(args: argparse.Namespace) -> int:
             how="left",
         )
         table.insert(table.columns.get_loc("probability"), "threshold", threshold)
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.csv.with_name(args.csv.name + ".tmp")
-        table.to_csv(tmp, index=False)
-        tmp.replace(args.csv)
+        write_text_atomic(args.csv, table.to_csv(index=False))
         print(f"wrote {args.csv}: {len(images)} images in {len(studies)} studies")
     else:
         shown = images.assign(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from nextray_core.commands.evaluate import add_backend_argument
 from nextray_core.errors import NextRayError
+from nextray_core.files import write_text_atomic
 
 CSV_NAME = "explanations.csv"
 _DESCRIPTION = """\
@@ -188,10 +189,7 @@ def run_explain(args: argparse.Namespace) -> int:
             frame[column] = frame[column].astype("Int64")  # stay integers beside error rows
     order = {str(p): i for i, p in enumerate(files)}
     frame = frame.sort_values("path", key=lambda s: s.map(order), kind="stable")
-    csv = args.out / CSV_NAME
-    tmp = csv.with_name(f".{csv.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, csv)
+    csv = write_text_atomic(args.out / CSV_NAME, frame.to_csv(index=False))
     explained = int((frame["status"] == "ok").sum())
     print(f"explained {explained} of {len(files)} image(s) with {args.method}; wrote {csv}")
     return 0 if explained else 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nextray_core.config import TrainConfig, parse_regions
+from nextray_core.files import write_text_atomic
 
 _MULTI_GPU = (
     "Several GPUs: torchrun --standalone --nproc_per_node N -m nextray_core.cli train ... "
@@ -133,5 +134,5 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     print(format_results(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
     return 0
