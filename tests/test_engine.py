@@ -198,3 +198,23 @@ def test_answer_radiograph_gives_probability_map_and_notes(resnet152, tmp_path):
     Image.fromarray(colours).save(tmp_path / "holiday.png")
     photo = answer_radiograph(engine, tmp_path / "holiday.png")
     assert photo.notes and "colour photograph" in photo.notes[0]
+
+
+def test_add_calibration_keeps_the_checkpoint_as_it_was_and_adds_the_images(resnet152, tmp_path):
+    from nextray_core.checkpoint import load_checkpoint, read_card
+    from nextray_core.engine import add_calibration
+
+    card = ModelCard(name="older", preprocessing=Preprocessing(size=64).to_dict())
+    folder = save_checkpoint(
+        resnet152, tmp_path / "older", card, dtype=torch.float16, max_file_mb=40
+    )
+    before = read_card(folder)
+    add_calibration(folder, load_dataset("fracatlas", FRACATLAS_MINI), count=8)
+    after = read_card(folder)
+    assert after.weights_dtype == "float16" and len(after.weights_shards) == 3
+    assert after.weights_sha256 != before.weights_sha256  # caches keyed on it start afresh
+    model, _, extras = load_checkpoint(folder)
+    assert extras[CALIBRATION_IMAGES].shape == (8, 64, 64)
+    assert list(extras[CALIBRATION_LABELS][:2]) == [1, 0]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, resnet152.state_dict()[name].half().float()), name
