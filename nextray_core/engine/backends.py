@@ -6,11 +6,13 @@ never care which one ran:
 - ``torch-fp32``: the model as trained, ``explain.cam.predict_with_cam``. The reference and the
   fallback; runs anywhere, on CUDA too.
 - ``torch-bf16``: a bf16, channels-last copy of the model with batch norm folded (oneDNN's bf16
-  convolutions on CPUs with AVX-512 BF16 or AMX); about 1.8x fp32 on the 2-core machine.
+  convolutions on CPUs with AVX-512 BF16 or AMX), compiled by TorchInductor.
 - ``torch-mixed``: the same with the stem and layer1 kept in fp32 (see ``TorchBf16``).
 - ``onnx-int8``: the same single-pass graph (features -> logit, CAM, pooled) exported to ONNX and
   statically quantised to int8 (per-channel weights, QDQ) with ONNX Runtime, calibrated on real
-  radiographs that the checkpoint carries. VNNI int8 kernels make it about 4x faster than bf16.
+  radiographs that the checkpoint carries.
+
+Measured speeds are in docs/benchmarks.md (``nextray bench --backend NAME``).
 """
 
 from __future__ import annotations
