@@ -67,7 +67,7 @@ def sidebar() -> None:
         _picker("run", "Evaluation run", state.RUN, state.run_choices())
         _picker("checkpoint", "Checkpoint", state.CHECKPOINT, state.checkpoint_choices())
         st.slider(
-            "Threshold: abnormal if probability ≥",
+            f"Threshold: {state.class_names()[1]} if probability ≥",
             min_value=0.0,
             max_value=1.0,
             step=0.001,

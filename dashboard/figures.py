@@ -111,7 +111,9 @@ def threshold_from_selection(event: Mapping | None, clickable_curve: int = 1) ->
     return None
 
 
-def confusion_figure(table: pd.DataFrame) -> go.Figure:
+def confusion_figure(
+    table: pd.DataFrame, class_names: tuple[str, str] = ("normal", "abnormal")
+) -> go.Figure:
     """One 2x2 heat map per region from a metric table: rows truth, columns prediction."""
     names = list(table.index)
     cols = min(4, len(names))
@@ -128,8 +130,8 @@ def confusion_figure(table: pd.DataFrame) -> go.Figure:
         fig.add_trace(
             go.Heatmap(
                 z=[[tn, fp], [fn, tp]],
-                x=["normal", "abnormal"],
-                y=["normal", "abnormal"],
+                x=list(class_names),
+                y=list(class_names),
                 text=[[f"TN {tn}", f"FP {fp}"], [f"FN {fn}", f"TP {tp}"]],
                 texttemplate="%{text}",
                 colorscale="Blues",

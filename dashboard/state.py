@@ -181,6 +181,15 @@ def run_metrics(run: Run, level: str, threshold: float, n_boot: int = N_BOOT) ->
     return _metric_table(str(run.path), stamp, level, float(threshold), n_boot)
 
 
+def class_names() -> tuple[str, str]:
+    """What label 0 and 1 are called on screen: the run's names, else the checkpoint's."""
+    run = get_run()
+    if run is not None:
+        return run.class_names
+    card = get_card()
+    return card.class_names if card is not None else ("normal", "abnormal")
+
+
 def get_card(path: str | None = None) -> ModelCard | None:
     path = path if path is not None else st.session_state.get(CHECKPOINT)
     try:

@@ -55,6 +55,7 @@ class ModelCard:
     dropout: float = 0.5
     default_threshold: float = 0.5
     positive_class: str = "abnormal"
+    negative_class: str = "normal"
     task: str = "abnormality detection in upper-extremity radiographs (MURA)"
     intended_use: str = "research and teaching only; not for clinical use"
     training: dict[str, Any] = field(default_factory=dict)
@@ -68,6 +69,11 @@ class ModelCard:
     weights_dtype: str = "float32"
     created: str = ""
     format: str = CARD_FORMAT
+
+    @property
+    def class_names(self) -> tuple[str, str]:
+        """What label 0 and label 1 mean for this model, e.g. ("not fractured", "fractured")."""
+        return (self.negative_class, self.positive_class)
 
     @property
     def prep(self) -> Preprocessing:

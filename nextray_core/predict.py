@@ -72,6 +72,24 @@ def ensemble_threshold(cards: Sequence[ModelCard], combine: str = "mean") -> flo
     return float(np.mean([card.default_threshold for card in cards]))
 
 
+def ensemble_classes(cards: Sequence[ModelCard]) -> tuple[str, str]:
+    """The (negative, positive) label names the members share.
+
+    Members trained for different tasks (MURA abnormality vs FracAtlas fracture) give
+    probabilities of different things, so averaging them is refused.
+    """
+    names = {card.class_names for card in cards}
+    if len(names) > 1:
+        described = "; ".join(f"{card.name}: {card.positive_class}" for card in cards)
+        raise ConfigError(
+            f"these checkpoints were trained for different tasks ({described}); "
+            "an ensemble needs members with the same positive class"
+        )
+    if not names:
+        raise ConfigError("an ensemble needs at least one checkpoint")
+    return names.pop()
+
+
 def combine_probabilities(
     member_probs: np.ndarray, thresholds: Sequence[float], combine: str = "mean"
 ) -> np.ndarray:

@@ -59,6 +59,12 @@ class Run:
     def default_threshold(self) -> float:
         return float(self.meta["default_threshold"])
 
+    @property
+    def class_names(self) -> tuple[str, str]:
+        """What label 0 and 1 mean (runs from before this was recorded: MURA's names)."""
+        classes = self.meta.get("classes") or {}
+        return (classes.get("negative", "normal"), classes.get("positive", "abnormal"))
+
 
 @dataclass
 class Evaluation:
@@ -204,6 +210,7 @@ def build_meta(
         "architecture": architectures[0] if len(architectures) == 1 else architectures,
         "preprocessing": preps[0] if all(p == preps[0] for p in preps) else preps,
         "ensemble": {"members": len(cards), "combine": combine},
+        "classes": {"negative": cards[0].negative_class, "positive": cards[0].positive_class},
         "default_threshold": float(default_threshold),
         "dataset": {
             "kind": dataset_kind,

@@ -91,3 +91,8 @@ def test_dashboard_opens_on_the_demo_out_of_the_box(page, monkeypatch):
     shown = "\n".join(str(m.value) for m in (*at.markdown, *at.info, *at.warning, *at.caption))
     assert "No model yet" not in shown and "No run yet" not in shown
     assert at.sidebar.slider[0].value == pytest.approx(verify_checkpoint(DEMO).default_threshold)
+    assert at.sidebar.slider[0].label.startswith("Threshold: fractured if")
+    if page == "teaching":  # FracAtlas has fractures, not MURA's "abnormal"
+        headings = [h.value for h in at.subheader]
+        assert any(h.startswith("Not fractured (") for h in headings), headings
+        assert any(h.startswith("Fractured (") for h in headings), headings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +237,13 @@ def test_copy_images_is_refused_for_mura(world, tmp_path, capsys):
     argv = ["evaluate", "--checkpoint", str(world["a"]), "--data", str(world["data"])]
     assert main([*argv, "--out", str(out), "--copy-images"]) == 2
     assert "licence" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_run_names_its_classes_and_older_runs_read_as_mura(tmp_path, ensemble_run):
+    assert read_run(ensemble_run).class_names == ("normal", "abnormal")
+    older = tmp_path / "older"
+    shutil.copytree(ensemble_run, older)
+    meta = json.loads((older / RUN_FILE).read_text())
+    assert meta.pop("classes") == {"negative": "normal", "positive": "abnormal"}
+    (older / RUN_FILE).write_text(json.dumps(meta))
+    assert read_run(older).class_names == ("normal", "abnormal")

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from nextray_core.checkpoint import ModelCard, save_checkpoint
+from nextray_core.checkpoint import ModelCard, read_card, save_checkpoint, write_card
 from nextray_core.cli import main
 from nextray_core.errors import ConfigError, DatasetError
 from nextray_core.model import output_linear
@@ -206,3 +206,21 @@ def test_predict_command_user_mistakes_exit_2(checkpoint, tmp_path, capsys):
     empty.mkdir()
     assert main(["predict", str(empty), "--checkpoint", str(checkpoint)]) == 2
     assert "no image files" in capsys.readouterr().err
+
+
+def test_verdicts_use_the_cards_class_names_and_mixed_tasks_are_refused(
+    checkpoint, image_folders, tmp_path, capsys
+):
+    fracture = tmp_path / "fracture"
+    shutil.copytree(checkpoint, fracture)
+    card = read_card(fracture)
+    card.positive_class, card.negative_class = "fractured", "not fractured"
+    write_card(fracture, card)
+    target = tmp_path / "p.csv"
+    main(["predict", str(image_folders[1]), "--checkpoint", str(fracture), "--csv", str(target)])
+    verdicts = set(pd.read_csv(target, keep_default_na=False)["verdict"])
+    assert verdicts <= {"fractured", "not fractured", "unreadable"} and verdicts - {"unreadable"}
+    capsys.readouterr()
+    mixed = ["predict", str(image_folders[1]), "--checkpoint", str(checkpoint), str(fracture)]
+    assert main(mixed) == 2
+    assert "trained for different tasks" in capsys.readouterr().err

@@ -73,7 +73,7 @@ if opened is not None:
         study_p = study_table(views)["probability"].iloc[0] if len(views) else float("nan")
         st.caption(
             f"{views['region'].iloc[0] if len(views) else '?'} · truth: "
-            f"{ {1: 'abnormal', 0: 'normal'}.get(int(label), 'unknown') } · {len(views)} view(s)"
+            f"{dict(enumerate(run.class_names)).get(int(label), 'unknown')} · {len(views)} view(s)"
             f" · study probability {study_p:.3f}"
         )
         for column, (_, view) in zip(

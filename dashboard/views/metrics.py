@@ -43,10 +43,11 @@ compare_path = top[1].selectbox(
 )
 second = state.get_run(compare_path) if compare_path else None
 
+negative, positive = run.class_names
 rows = state.run_rows(run, level)
 labelled = rows[rows["label"].isin([0, 1])]
 if labelled["label"].nunique() < 2:
-    st.warning("This run needs labelled normal AND abnormal cases for metrics.")
+    st.warning(f"This run needs labelled {negative} AND {positive} cases for metrics.")
     st.stop()
 
 # Threshold presets, computed by the core on the whole run at this level.
@@ -64,7 +65,7 @@ for column, (name, value) in zip(st.columns(len(presets)), presets.items(), stri
 threshold = state.threshold()
 table = state.run_metrics(run, level, threshold)
 second_table = state.run_metrics(second, level, threshold) if second is not None else None
-st.markdown(f"Current threshold **{threshold:.3f}** (abnormal if probability ≥ threshold).")
+st.markdown(f"Current threshold **{threshold:.3f}** ({positive} if probability ≥ threshold).")
 
 # Curves for one region (or overall), both runs overlaid.
 regions = [OVERALL, *sorted(labelled["region"].unique())]
@@ -118,12 +119,12 @@ right.plotly_chart(pr_fig, key="pr_chart", theme=None)
 
 st.subheader("Confusion matrices per region")
 st.caption("Rows: truth. Columns: prediction at the current threshold.")
-st.plotly_chart(figures.confusion_figure(table), key="confusion_chart", theme=None)
+st.plotly_chart(figures.confusion_figure(table, run.class_names), key="confusion_chart", theme=None)
 
 st.subheader("Table 2: metrics per region (95% study-bootstrap intervals)")
 st.caption(
     f"{state.N_BOOT} bootstrap resamples of whole studies, stratified by region. "
-    "count = rows at this level; abnormal = abnormal rows."
+    f"count = rows at this level; abnormal = rows labelled {positive}."
 )
 st.table(figures.table2_compared([(name, t) for name, _, t in runs]))
 for column, (name, _, metrics_table) in zip(st.columns(4), runs, strict=False):
@@ -179,7 +180,7 @@ for column, (fig, stem) in zip(
     [
         (roc_fig, "roc"),
         (pr_fig, "pr"),
-        (figures.confusion_figure(table), "confusion"),
+        (figures.confusion_figure(table, run.class_names), "confusion"),
         (kappa_fig, "kappa"),
         (reliability_fig, "reliability"),
     ],

@@ -19,8 +19,7 @@ st.caption(
 )
 loaded = state.get_model()
 # the card's own words: "fractured" for the FracAtlas demo, "abnormal" for MURA models
-positive = loaded.card.positive_class if loaded is not None else "abnormal"
-negative = "normal" if positive == "abnormal" else f"not {positive}"
+negative, positive = loaded.card.class_names if loaded is not None else ("normal", "abnormal")
 if loaded is None:
     state.no_model_message()
     st.stop()
@@ -35,7 +34,12 @@ method = middle.selectbox(
     "runs one forward pass per feature channel (minutes on a CPU).",
 )
 target = right.radio(
-    "Evidence for", TARGETS, key="predict_target", horizontal=True, help="abnormal or normal"
+    "Evidence for",
+    TARGETS,
+    key="predict_target",
+    horizontal=True,
+    format_func=lambda name: positive if name == "abnormal" else negative,
+    help=f"where the evidence for '{positive}' or for '{negative}' lies",
 )
 opacity = far.slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="predict_opacity")
 

@@ -1,4 +1,8 @@
-"""Teaching: normal and abnormal cases side by side per region, and a quiz with a running score."""
+"""Teaching: negative and positive cases side by side per region, and a quiz with a running score.
+
+The classes are named as the run names them: normal/abnormal for MURA, not fractured/fractured
+for the FracAtlas demo.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,10 @@ from nextray_core.errors import NextRayError
 from nextray_core.metrics import predicted_labels
 
 ALL = "all regions"
-LABELS = {0: "normal", 1: "abnormal"}
 
 st.title("Teaching")
 run = state.require_run()
+LABELS = dict(enumerate(run.class_names))
 model = state.get_model()
 images = run.predictions[run.predictions["label"].isin([0, 1])]
 if images.empty:
@@ -47,8 +51,8 @@ if mode == "Side by side":
         ["clearest", "hardest", "random"],
         horizontal=True,
         key="teach_choice",
-        help="clearest: normals the model finds most normal and abnormals most abnormal; "
-        "hardest: the reverse.",
+        help=f"clearest: the {LABELS[0]} cases with the lowest probability and the {LABELS[1]} "
+        "cases with the highest; hardest: the reverse.",
     )
     maps = controls[2].toggle("Show the maps", value=False, key="teach_maps")
     if choice == "random" and controls[1].button("Shuffle", key="teach_shuffle"):
@@ -104,9 +108,11 @@ with left:
     show(case["image_path"], quiz["answer"] is not None, f"{case['region']} radiograph")
 with right:
     if quiz["answer"] is None:
-        st.markdown("**Normal or abnormal?**")
-        st.button("Normal", key="quiz_normal", on_click=answer, args=(0,), width="stretch")
-        st.button("Abnormal", key="quiz_abnormal", on_click=answer, args=(1,), width="stretch")
+        st.markdown(f"**{LABELS[0].capitalize()} or {LABELS[1]}?**")
+        for label, key in ((0, "quiz_normal"), (1, "quiz_abnormal")):
+            st.button(
+                LABELS[label].capitalize(), key=key, on_click=answer, args=(label,), width="stretch"
+            )
     else:
         truth = int(case["label"])
         (st.success if quiz["answer"] == truth else st.error)(
@@ -114,8 +120,8 @@ with right:
             f"**{LABELS[truth]}**."
         )
         verdict = LABELS[int(predicted_labels([case["probability"]], state.threshold())[0])]
-        st.metric("Model probability (abnormal)", f"{case['probability']:.3f}")
+        st.metric(f"Model probability ({LABELS[1]})", f"{case['probability']:.3f}")
         st.caption(f"Model verdict at threshold {state.threshold():.3f}: {verdict}.")
         if model is not None:
-            st.caption("The map shows where the evidence for 'abnormal' lies.")
+            st.caption(f"The map shows where the evidence for '{LABELS[1]}' lies.")
         st.button("Next case", key="quiz_next", on_click=draw, type="primary", width="stretch")

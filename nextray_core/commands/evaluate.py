@@ -33,8 +33,11 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_members(args: argparse.Namespace, device) -> list:
     """(engine, card) per --checkpoint, each engine on --backend; says which path answers."""
+    from nextray_core.checkpoint import read_card
     from nextray_core.engine import load_engine
+    from nextray_core.predict import ensemble_classes
 
+    ensemble_classes([read_card(path) for path in args.checkpoint])  # before any weights
     members = []
     for path in args.checkpoint:
         engine = load_engine(path, device=device, backend=args.backend)
@@ -247,7 +250,13 @@ def run_predict(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from nextray_core.checkpoint import read_card
-    from nextray_core.predict import ensemble_threshold, predict_files, resolve_device, study_table
+    from nextray_core.predict import (
+        ensemble_classes,
+        ensemble_threshold,
+        predict_files,
+        resolve_device,
+        study_table,
+    )
 
     _check_numbers(args)
     device = resolve_device(args.device)
@@ -263,10 +272,11 @@ def run_predict(args: argparse.Namespace) -> int:
         else args.threshold
     )
     studies = study_table(images)
+    negative, positive = ensemble_classes([card for _, card in members])
 
     def verdict(probability: pd.Series) -> pd.Series:
         return probability.map(
-            lambda p: "unreadable" if pd.isna(p) else "abnormal" if p >= threshold else "normal"
+            lambda p: "unreadable" if pd.isna(p) else positive if p >= threshold else negative
         )
 
     images["verdict"] = verdict(images["probability"])
@@ -289,7 +299,7 @@ def run_predict(args: argparse.Namespace) -> int:
             probability=images["probability"].round(3),
             note=(images["error"] + images["warning"]).str.slice(0, 120),
         )
-        print(f"Images (threshold {threshold:g}; abnormal when probability >= threshold)")
+        print(f"Images (threshold {threshold:g}; {positive} when probability >= threshold)")
         print(shown[["image", "probability", "verdict", "note"]].to_string(index=False))
         print("\nStudies (probability = mean of the views)")
         shown = studies.assign(probability=studies["probability"].round(3))

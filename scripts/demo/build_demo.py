@@ -144,7 +144,7 @@ def step_package(args: argparse.Namespace) -> None:
         "fracture detection in musculoskeletal radiographs (FracAtlas: hand, leg, hip, shoulder, "
         "mixed); a demo of the tool, NOT MURA's abnormality task"
     )
-    card.positive_class = "fractured"
+    card.positive_class, card.negative_class = "fractured", "not fractured"
     card.intended_use = (
         "demonstrating neXt-Ray (dashboard, maps, metrics) and teaching; not for clinical use, "
         "not a MURA model, not validated outside FracAtlas"
