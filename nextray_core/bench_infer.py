@@ -16,7 +16,6 @@ radiographs: a run folder's images, a folder of images, or else the checkpoint's
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from nextray_core.engine.engine import calibration_batch, guard_split, run_batch
 from nextray_core.errors import ConfigError, DatasetError
 from nextray_core.explain.cam import display_maps
 from nextray_core.explain.methods import LogitTarget, model_lock
+from nextray_core.hardware import cpu_model
 from nextray_core.imaging import read_radiograph
 from nextray_core.model import feature_layer
 from nextray_core.transforms import as_image_tensor, eval_transform
@@ -155,15 +155,9 @@ def _guard_line(guard: dict[str, Any]) -> str:
 
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, torch threads and load: a busy machine explains slow figures."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
-    except (OSError, StopIteration):
-        pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average": round(load, 2),

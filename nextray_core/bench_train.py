@@ -10,7 +10,6 @@ for how much of the device the training step uses.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from nextray_core.hardware import device_name
 from nextray_core.model import build_model
 from nextray_core.train import Runtime, resolve_device
 
@@ -100,17 +100,6 @@ def matmul_tflops(device: torch.device, n: int | None = None, repeats: int = 10)
         a @ b
     _sync(device)
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            model = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def bench_train(

@@ -49,6 +49,7 @@ from nextray_core.checkpoint import (
 from nextray_core.config import TrainConfig
 from nextray_core.engine.calibration import calibration_tensors
 from nextray_core.errors import ConfigError, DatasetError, NextRayError
+from nextray_core.hardware import device_name
 from nextray_core.loader import RadiographDataset, build_cache
 from nextray_core.model import build_model, describe_freeze
 from nextray_core.transforms import Preprocessing, eval_transform, train_transform
@@ -451,8 +452,19 @@ def _loaders(config: TrainConfig, train: pd.DataFrame, val: pd.DataFrame, runtim
     return train_loader, val_loader, sampler
 
 
-def _card(config: TrainConfig, epoch: int, metrics: dict | None, data: dict) -> ModelCard:
-    training = {**config.to_dict(), "epoch": epoch, "torch": torch.__version__}
+def _card(
+    config: TrainConfig, epoch: int, metrics: dict | None, data: dict, runtime: Runtime
+) -> ModelCard:
+    # what it ran on, resolved ("device": "auto" alone does not say); a resumed run records
+    # the machine that wrote this epoch
+    training = {
+        **config.to_dict(),
+        "epoch": epoch,
+        "torch": torch.__version__,
+        "device_used": str(runtime.device),
+        "device_name": device_name(runtime.device),
+        "processes": runtime.world_size,
+    }
     licence = {}
     if data.get("kind") == "mura":
         licence["data"] = (
@@ -590,7 +602,10 @@ def _fit(config, out_dir, resume, index, on_step, rank, world, device) -> FitRes
 
             def write(tmp: Path) -> None:
                 save_checkpoint(
-                    raw, tmp, _card(config, epoch_done, metrics, data), extra_tensors=calibration
+                    raw,
+                    tmp,
+                    _card(config, epoch_done, metrics, data, runtime),
+                    extra_tensors=calibration,
                 )
                 train_state.write_resume_files(
                     tmp,
@@ -654,7 +669,7 @@ def _fit(config, out_dir, resume, index, on_step, rank, world, device) -> FitRes
                     train_state.append_log(out_dir / LOG_FILE, row)
                     say(_describe(row, improved))
                     if improved:
-                        card = _card(config, epoch + 1, metrics, data)
+                        card = _card(config, epoch + 1, metrics, data, runtime)
                         train_state.swap_in(
                             lambda tmp, card=card: save_checkpoint(
                                 raw, tmp, card, extra_tensors=calibration

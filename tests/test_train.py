@@ -236,6 +236,9 @@ def test_resume_continues_bit_for_bit(small_index, tmp_path):
     model, card, _ = load_checkpoint(result.best_dir)
     assert card.training["lr"] == TINY.lr and card.training["loss"] == "type-weighted"
     assert card.training["epoch"] == result.best_epoch
+    # what it ran on, resolved: "device": "auto" alone would not tell a CPU run from a GPU one
+    assert card.training["device_used"] == "cpu" and card.training["processes"] == 1
+    assert card.training["device_name"].endswith("threads")
     best_row = _log(straight)[result.best_epoch - 1]
     assert card.metrics["val"]["loss"] == pytest.approx(best_row["val_loss"])
     assert {"auc", "kappa", "study_auc", "study_kappa"} <= set(card.metrics["val"])

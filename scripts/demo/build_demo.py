@@ -5,11 +5,15 @@
     python scripts/demo/build_demo.py package   # best epoch -> checkpoints/demo (fp16, OOD, card)
     python scripts/demo/build_demo.py evaluate  # test split once -> checkpoints/demo/run + report
     python scripts/demo/build_demo.py all
+    python scripts/demo/build_demo.py train package evaluate --out /tmp/demo-320 ...  # any steps
 
-Paths: --fracatlas (default ../shared/data/fracatlas) and --work (default ~/nextray-demo, for
+Paths: --fracatlas (default ../shared/data/fracatlas), --work (default ~/nextray-demo, for
 the init weights, the image cache and the training run; never committed: the training run's
-``last/`` carries ~400 MB of optimizer state). Every choice of the recipe was made on the
-validation split (see PILOTS and the card); the test split is evaluated once, by ``evaluate``.
+``last/`` carries ~400 MB of optimizer state) and --out (default checkpoints/demo; its test run
+goes to OUT/run). --config and --init replace the recipe (common.json) and the initial weights
+(e.g. for a retrain from ImageNet on a GPU, or the smoke test in tests/test_build_demo.py).
+Every choice of the recipe was made on the validation split (see PILOTS and the card); the
+test split is evaluated once, by ``evaluate``.
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("common.json")
 DEMO = REPO / "checkpoints" / "demo"
-RUN = DEMO / "run"
 INIT_NAME = "astra_resnet152_2d.safetensors"
+ASTRA_INIT = (
+    "Astra/Merlin I3ResNet-152 CT backbone (MIT; itself inflated from ImageNet) collapsed to "
+    "2-D by summing kernels over depth (scripts/inflated_to_2d.py)"
+)
+FOLLOW_UP = "A GPU retrain at 320 px is the planned follow-up."
 MAX_FILE_MB = 45.0
 
 # Validation-split AUC of every variant tried (same common.json unless said; CPU, bf16), in the
@@ -66,6 +74,9 @@ def nextray(*args: str) -> None:
 
 def step_init(args: argparse.Namespace) -> None:
     out = args.work / "init" / INIT_NAME
+    if args.init:
+        print(f"--init {args.init}: the CT backbone is not needed")
+        return
     if out.exists():
         print(f"{out} exists")
         return
@@ -79,6 +90,10 @@ def step_init(args: argparse.Namespace) -> None:
     )
 
 
+def _init(args: argparse.Namespace) -> str:
+    return args.init or str(args.work / "init" / INIT_NAME)
+
+
 def step_train(args: argparse.Namespace) -> None:
     out = args.work / "train"
     if (out / "last" / "card.json").exists():
@@ -87,11 +102,11 @@ def step_train(args: argparse.Namespace) -> None:
     nextray(
         "train",
         "--config",
-        str(CONFIG),
+        str(args.config),
         "--data",
         str(args.fracatlas),
         "--init",
-        str(args.work / "init" / INIT_NAME),
+        _init(args),
         "--cache-dir",
         str(args.work / "cache"),
         "--workers",
@@ -120,8 +135,25 @@ def _youden_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(np.clip(thresholds[best], 0.0, 1.0))
 
 
+def _hardware(training: dict) -> str:
+    """The card's one-line account of where it was trained, from what ``nextray train`` saw."""
+    precision = "bf16 autocast" if training.get("precision") == "bf16" else training["precision"]
+    name = training.get("device_name", "unknown")
+    if str(training.get("device_used", "cpu")).startswith("cuda"):
+        return f"GPU ({name}) x {training.get('processes', 1)}, {precision}"
+    return (
+        f"CPU ({name}), {precision}; no GPU was available, so this is the CPU fallback at "
+        f"{training['size']} px. {FOLLOW_UP}"
+    )
+
+
+def _describe_init(training: dict) -> str:
+    used = str(training.get("init", ""))
+    return ASTRA_INIT if used.endswith(INIT_NAME) else used
+
+
 def step_package(args: argparse.Namespace) -> None:
-    from nextray_core.checkpoint import load_checkpoint, save_checkpoint
+    from nextray_core.checkpoint import load_checkpoint, save_checkpoint, write_card
     from nextray_core.datasets import load_dataset
     from nextray_core.engine import calibration_tensors, load_engine
     from nextray_core.ood import fit_ood
@@ -153,12 +185,9 @@ def step_package(args: argparse.Namespace) -> None:
     card.extra["ood"] = ood.card_extra()
     card.training = {
         **card.training,
-        "hardware": "CPU (2 cores, AMD EPYC with AVX-512 BF16), bf16 autocast; no GPU was "
-        f"available, so this is the CPU fallback at {card.prep.size} px. A GPU retrain at "
-        "320 px is the planned follow-up.",
-        "init": "Astra/Merlin I3ResNet-152 CT backbone (MIT; itself inflated from ImageNet) "
-        "collapsed to 2-D by summing kernels over depth (scripts/inflated_to_2d.py)",
-        "recipe": "scripts/demo/common.json; rebuilt by scripts/demo/build_demo.py",
+        "hardware": _hardware(card.training),
+        "init": _describe_init(card.training),
+        "recipe": f"{_shown(args.config)}; rebuilt by scripts/demo/build_demo.py",
         "selection": "epoch with the best validation AUC",
         "log": log,
         "tried": PILOTS,
@@ -173,15 +202,14 @@ def step_package(args: argparse.Namespace) -> None:
     extras = {k: v for k, v in extras.items() if not k.startswith("ood.")}
     extras |= ood.to_tensors() | calibration_tensors(val, card.prep.size)
     save_checkpoint(
-        model, DEMO, card, dtype=torch.float16, extra_tensors=extras, max_file_mb=MAX_FILE_MB
+        model, args.out, card, dtype=torch.float16, extra_tensors=extras, max_file_mb=MAX_FILE_MB
     )
-    engine = load_engine(DEMO, cache_dir=args.work / "engine-cache")
-    card.extra["engine_guard"] = {name: g.to_dict() for name, g in engine.guard.items()}
-    from nextray_core.checkpoint import write_card
-
-    write_card(DEMO, card)
-    print(engine.describe())
-    print(f"packaged {DEMO} (threshold {threshold:.3f} from the val split)")
+    if args.guard:  # which fast inference paths keep the answers (minutes on a CPU)
+        engine = load_engine(args.out, cache_dir=args.work / "engine-cache")
+        card.extra["engine_guard"] = {name: g.to_dict() for name, g in engine.guard.items()}
+        write_card(args.out, card)
+        print(engine.describe())
+    print(f"packaged {args.out} (threshold {threshold:.3f} from the val split)")
 
 
 def step_evaluate(args: argparse.Namespace) -> None:
@@ -191,7 +219,7 @@ def step_evaluate(args: argparse.Namespace) -> None:
     nextray(
         "evaluate",
         "--checkpoint",
-        str(DEMO),
+        str(args.out),
         "--data",
         str(args.fracatlas),
         "--kind",
@@ -205,13 +233,14 @@ def step_evaluate(args: argparse.Namespace) -> None:
         "--out",
         str(tmp),
     )
-    engine = load_engine(DEMO, backend="torch-fp32")
+    engine = load_engine(args.out, backend="torch-fp32")
     write_trust_reports(tmp, engine, args.fracatlas)
-    if RUN.exists():
-        shutil.rmtree(RUN)
-    shutil.copytree(tmp, RUN)
-    shutil.copy(args.fracatlas / "README.md", RUN / "images" / "README.md")
-    record_test_metrics()
+    run_dir = args.out / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    shutil.copytree(tmp, run_dir)
+    shutil.copy(args.fracatlas / "README.md", run_dir / "images" / "README.md")
+    record_test_metrics(args.out)
 
 
 def write_trust_reports(run_dir: Path, engine, fracatlas: Path) -> None:
@@ -245,6 +274,7 @@ def write_trust_reports(run_dir: Path, engine, fracatlas: Path) -> None:
     boxes = load_fracture_boxes(fracatlas)
     chance = float((boxes["width"] * boxes["height"]).mean())
     grid = engine.card.prep.size // 32
+    coarse = f", too coarse to point at most fractures. {FOLLOW_UP}" if grid < 10 else "."
     (run_dir / "localisation.md").write_text(
         "# CAM localisation on the test split (fractured images with boxes)\n\n"
         "Pointing game: the map's peak falls inside a fracture box. Energy: the share of the "
@@ -252,9 +282,8 @@ def write_trust_reports(run_dir: Path, engine, fracatlas: Path) -> None:
         + markdown_table(list(report.columns), report.astype(str).values.tolist())
         + f"\n\nFor scale: a fracture box covers {chance:.1%} of its image on average, so a "
         f"uniform map would put {chance:.1%} of its mass inside the boxes; the CAM is a "
-        f"{grid} x {grid} grid at this input size ({1 / grid**2:.0%} of the image per cell), "
-        "too coarse to point at most fractures. A GPU retrain at 320 px (10 x 10) is the "
-        "planned follow-up.\n"
+        f"{grid} x {grid} grid at this input size ({1 / grid**2:.0%} of the image per cell)"
+        f"{coarse}\n"
     )
     flags = engine.ood.flags(torch.cat(features)).numpy()
     ood = (
@@ -266,24 +295,31 @@ def write_trust_reports(run_dir: Path, engine, fracatlas: Path) -> None:
     (run_dir / "ood.json").write_text(json.dumps(ood.reset_index().to_dict("records"), indent=1))
 
 
-def record_test_metrics() -> None:
+def record_test_metrics(out: Path) -> None:
     """Copy the test run's metrics (with 95% bootstrap intervals) into the card."""
     from nextray_core.checkpoint import read_card, write_card
 
-    card = read_card(DEMO)
-    metrics = json.loads((RUN / "metrics.json").read_text())
+    card = read_card(out)
+    run_dir = out / "run"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     card.metrics = {
         "test split": "FracAtlas test split (seed 0, stratified; evaluated once, at the end); "
-        "the run with every prediction: checkpoints/demo/run",
+        f"the run with every prediction: {_shown(run_dir)}",
         "threshold": metrics["threshold"],
         "test (image level)": metrics["image"],
         "calibration": metrics["calibration"]["image"],
         "CAM localisation (fractured test images with boxes)": json.loads(
-            (RUN / "localisation.json").read_text()
+            (run_dir / "localisation.json").read_text()
         ),
-        "OOD flag rate on the test split": json.loads((RUN / "ood.json").read_text()),
+        "OOD flag rate on the test split": json.loads((run_dir / "ood.json").read_text()),
     }
-    write_card(DEMO, card)
+    write_card(out, card)
+
+
+def _shown(path: Path) -> str:
+    """A path as the card shows it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 STEPS = {"init": step_init, "train": step_train, "package": step_package, "evaluate": step_evaluate}
@@ -291,18 +327,38 @@ STEPS = {"init": step_init, "train": step_train, "package": step_package, "evalu
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=[*STEPS, "all"])
+    parser.add_argument("steps", nargs="+", choices=[*STEPS, "all"], metavar="STEP",
+                        help=f"one or more of {', '.join(STEPS)}, or all")  # fmt: skip
     parser.add_argument("--fracatlas", type=Path, default=REPO.parent / "shared/data/fracatlas")
     parser.add_argument("--work", type=Path, default=Path.home() / "nextray-demo")
+    parser.add_argument("--out", type=Path, default=DEMO,
+                        help="packaged checkpoint folder; its test run goes to OUT/run "
+                        "(default checkpoints/demo)")  # fmt: skip
+    parser.add_argument(
+        "--config", type=Path, default=CONFIG, help="recipe for `nextray train` (common.json)"
+    )
+    parser.add_argument("--init", help="initial weights for `nextray train --init`: a state dict, "
+                        "'imagenet' or 'none' (default: WORK/init/" + INIT_NAME + ")")  # fmt: skip
     parser.add_argument(
         "--train-dir", type=Path, help="training run to package (default WORK/train)"
     )
+    parser.add_argument("--no-guard", dest="guard", action="store_false",
+                        help="package without measuring which fast inference paths pass the "
+                        "accuracy guard (the card then records none)")  # fmt: skip
     args = parser.parse_args()
     if not (args.fracatlas / "images").is_dir():
         sys.exit(f"no FracAtlas at {args.fracatlas}: pass --fracatlas PATH")
+    if not args.config.is_file():
+        sys.exit(f"no training recipe at {args.config}: pass --config PATH")
     args.work.mkdir(parents=True, exist_ok=True)
-    for name in STEPS if args.step == "all" else [args.step]:
-        STEPS[name](args)
+    args.out = args.out.resolve()
+    steps = list(STEPS) if "all" in args.steps else list(dict.fromkeys(args.steps))
+    for name in STEPS:  # always in pipeline order
+        if name in steps:
+            try:
+                STEPS[name](args)
+            except subprocess.CalledProcessError as failed:
+                sys.exit(f"step {name!r} stopped: {failed.cmd[1]} exited {failed.returncode}")
     return 0
 
 
