@@ -142,7 +142,9 @@ def confusion_figure(
             col=i % cols + 1,
         )
     fig.update_xaxes(tickangle=0, side="bottom")
-    fig.update_yaxes(autorange="reversed")
+    # "not fractured" would be clipped beside a narrow heat map: one word per line
+    wrapped = [name.replace(" ", "<br>") for name in class_names]
+    fig.update_yaxes(autorange="reversed", tickvals=list(class_names), ticktext=wrapped)
     fig.update_layout(height=250 * rows + 40, margin={"l": 80, "r": 20, "t": 50, "b": 30})
     return fig
 

@@ -20,6 +20,7 @@ st.caption(
 loaded = state.get_model()
 # the card's own words: "fractured" for the FracAtlas demo, "abnormal" for MURA models
 negative, positive = loaded.card.class_names if loaded is not None else ("normal", "abnormal")
+TARGET_NAMES = {"abnormal": positive, "normal": negative}  # the core's target -> the card's word
 if loaded is None:
     state.no_model_message()
     st.stop()
@@ -38,7 +39,7 @@ target = right.radio(
     TARGETS,
     key="predict_target",
     horizontal=True,
-    format_func=lambda name: positive if name == "abnormal" else negative,
+    format_func=TARGET_NAMES.get,
     help=f"where the evidence for '{positive}' or for '{negative}' lies",
 )
 opacity = far.slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="predict_opacity")
@@ -65,9 +66,12 @@ for upload in files:
     with st.container(border=True):
         image_col, map_col, info_col = st.columns([2, 2, 1.4])
         image_col.image(result.pixels, caption=f"{upload.name}", width="stretch")
+        evidence = TARGET_NAMES[target]
         map_col.image(
             inference.blend(result, opacity),
-            caption=f"{method}: evidence for {target}",
+            caption=f"{method}: evidence for {evidence}"
+            if result.cam.any()  # an all-zero map would otherwise look like a failed overlay
+            else f"{method}: no evidence for {evidence} anywhere in this image",
             width="stretch",
         )
         info_col.metric(f"Probability {positive}", f"{result.probability:.3f}")
