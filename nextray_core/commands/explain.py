@@ -56,7 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder")
     parser.add_argument("--out", required=True, type=Path, help="folder for overlays and CSV")
     parser.add_argument("--method", default="cam", choices=METHODS, help="default: cam (fast)")
-    parser.add_argument("--target", default="abnormal", choices=TARGETS, help="whose evidence")
+    parser.add_argument(
+        "--target",
+        default="abnormal",
+        choices=TARGETS,
+        help="whose evidence: abnormal = the checkpoint's positive class (e.g. 'fractured' for "
+        "the demo), normal = its negative class",
+    )
     parser.add_argument("--colormap", default="jet", help="a matplotlib colormap name")
     parser.add_argument("--opacity", type=float, default=0.4, help="heat-map opacity at its peak")
     parser.add_argument("--batch-size", type=int, default=8)
