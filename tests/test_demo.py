@@ -77,6 +77,20 @@ def test_the_engines_fast_path_answers_like_the_run(few_test_images, tmp_path):
     assert change <= LIMITS["probability"], engine.describe()
 
 
+def test_predicting_a_few_images_answers_in_fp32_with_the_runs_probabilities(
+    few_test_images, capsys
+):
+    from nextray_core.cli import main
+
+    paths = few_test_images["image_path"].head(2).tolist()
+    assert main(["predict", *paths, "--checkpoint", str(DEMO)]) == 0
+    out, err = capsys.readouterr()
+    # a compiled fast path costs seconds to load and saves milliseconds an image: not for two
+    assert "torch-fp32 (auto, 2 image(s)" in err
+    for probability in few_test_images["probability"].head(2):
+        assert f"{probability:.3f}" in out
+
+
 @pytest.mark.parametrize("page", ["metrics", "errors", "teaching", "model"])
 def test_dashboard_opens_on_the_demo_out_of_the_box(page, monkeypatch):
     import sys

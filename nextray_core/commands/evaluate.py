@@ -19,6 +19,20 @@ COMBINE_RULES = ("mean", "vote")
 
 # nextray_core.engine.BACKEND_CHOICES, spelled out so that --help does not import torch
 BACKEND_CHOICES = ("auto", "onnx-int8", "torch-bf16", "torch-mixed", "torch-fp32")
+# Below this many images `auto` answers in fp32: loading the demo's compiled fast path takes ~7 s
+# on 2 CPU cores even from the cache (building it the first time, about a minute) and it saves
+# ~30 ms an image, so it pays off from a couple of hundred images on (docs/inference.md).
+SMALL_JOB = 200
+
+
+def backend_for(requested: str, n_images: int) -> tuple[str, str]:
+    """(backend to load, why): ``auto`` on a small job is fp32, which is ready at once."""
+    if requested == "auto" and n_images < SMALL_JOB:
+        return "torch-fp32", (
+            f"auto, {n_images} image(s): fp32 is ready at once; the faster paths pay off from "
+            f"{SMALL_JOB} images (or force one with --backend)"
+        )
+    return requested, ""
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
@@ -31,19 +45,28 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_members(args: argparse.Namespace, device) -> list:
-    """(engine, card) per --checkpoint, each engine on --backend; says which path answers."""
+def load_members(args: argparse.Namespace, device, n_images: int | None = None) -> list:
+    """(engine, card) per --checkpoint, each engine on --backend; says which path answers.
+
+    ``n_images``: how many images the job has, if known (a small job under ``auto`` is fp32).
+    """
     from nextray_core.checkpoint import read_card
     from nextray_core.engine import load_engine
     from nextray_core.predict import ensemble_classes
 
     ensemble_classes([read_card(path) for path in args.checkpoint])  # before any weights
+    backend, why = (args.backend, "") if n_images is None else backend_for(args.backend, n_images)
     members = []
     for path in args.checkpoint:
-        engine = load_engine(path, device=device, backend=args.backend)
-        print(f"{path}: {engine.backend_name}", file=sys.stderr)
+        engine = load_engine(path, device=device, backend=backend)
+        say_backend(path, engine, why)
         members.append((engine, engine.card))
     return members
+
+
+def say_backend(path, engine, why: str = "") -> None:
+    """Which inference path answers for ``path`` (on stderr: stdout is for results)."""
+    print(f"{path}: {engine.backend_name}" + (f" ({why})" if why else ""), file=sys.stderr)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -253,6 +276,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from nextray_core.predict import (
         ensemble_classes,
         ensemble_threshold,
+        find_image_files,
         predict_files,
         resolve_device,
         study_table,
@@ -262,9 +286,10 @@ def run_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     for path in args.checkpoint:
         read_card(path)  # a wrong path fails before any weights are read
-    members = load_members(args, device)
+    files = find_image_files(args.files)
+    members = load_members(args, device, n_images=len(files))
     images = predict_files(
-        members, args.files, batch_size=args.batch_size, device=device, combine=args.combine
+        members, files, batch_size=args.batch_size, device=device, combine=args.combine
     )
     threshold = (
         ensemble_threshold([card for _, card in members], args.combine)

@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from nextray_core.commands.evaluate import add_backend_argument
+from nextray_core.commands.evaluate import add_backend_argument, backend_for, say_backend
 from nextray_core.errors import NextRayError
 from nextray_core.files import write_text_atomic
 
@@ -133,7 +133,9 @@ def run_explain(args: argparse.Namespace) -> int:
     files = find_images(args.inputs)
     if not files:
         raise NextRayError(f"no images ({', '.join(map(str, args.inputs))}): give files or folders")
-    engine = load_engine(args.checkpoint, device=args.device, backend=args.backend)
+    backend, why = backend_for(args.backend, len(files))
+    engine = load_engine(args.checkpoint, device=args.device, backend=backend)
+    say_backend(args.checkpoint, engine, why)
     model, card, ood = engine.model, engine.card, engine.ood
     if engine.ood_error:
         print(f"OOD check off: {engine.ood_error}", file=sys.stderr)
