@@ -30,7 +30,7 @@ def backend_for(requested: str, n_images: int) -> tuple[str, str]:
     if requested == "auto" and n_images < SMALL_JOB:
         return "torch-fp32", (
             f"auto, {n_images} image(s): fp32 is ready at once; the faster paths pay off from "
-            f"{SMALL_JOB} images (or force one with --backend)"
+            f"{SMALL_JOB} images; --backend forces one"
         )
     return requested, ""
 
