@@ -128,6 +128,34 @@ def test_a_backend_that_disagrees_with_fp32_is_refused_and_not_rebuilt(
     }
 
 
+def test_small_jobs_answer_in_fp32_and_a_failing_candidate_falls_back(
+    resnet152, tmp_path, monkeypatch
+):
+    folder = _offset_checkpoint(_well_conditioned(resnet152), tmp_path / "offset")
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("a small job built a fast path")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("nextray_core.engine.engine.export_onnx", must_not_build)
+        patch.setattr("nextray_core.engine.engine.TorchBf16", must_not_build)
+        small = load_engine(folder, cache_dir=tmp_path / "cache", expected_images=3)
+    assert small.backend_name == "torch-fp32" and "3 image(s)" in small.reason
+    assert not small.guard  # nothing was tried
+    forced = load_engine(
+        folder, cache_dir=tmp_path / "c2", backend="torch-mixed", expected_images=3
+    )
+    assert forced.backend_name == "torch-mixed"  # --backend still wins
+
+    def broken_guard(*args, **kwargs):
+        raise RuntimeError("the compiler gave up at batch 8")
+
+    monkeypatch.setattr("nextray_core.engine.engine.run_batched", broken_guard)
+    engine = load_engine(folder, cache_dir=tmp_path / "c3")  # any failure: not this path
+    assert engine.backend_name == "torch-fp32" and not engine.guard
+    assert any("could not be used" in note and "gave up" in note for note in engine.notes)
+
+
 def _well_conditioned(model: torch.nn.Module) -> torch.nn.Module:
     """Residual branches scaled down (as a trained net's are): no chaotic amplification."""
     model = copy.deepcopy(model)

@@ -224,11 +224,3 @@ def test_verdicts_use_the_cards_class_names_and_mixed_tasks_are_refused(
     mixed = ["predict", str(image_folders[1]), "--checkpoint", str(checkpoint), str(fracture)]
     assert main(mixed) == 2
     assert "trained for different tasks" in capsys.readouterr().err
-
-
-def test_auto_answers_small_jobs_in_fp32_and_leaves_forced_backends_alone():
-    from nextray_core.commands.evaluate import SMALL_JOB, backend_for
-
-    assert backend_for("auto", 1)[0] == "torch-fp32" and "--backend" in backend_for("auto", 1)[1]
-    assert backend_for("auto", SMALL_JOB) == ("auto", "")
-    assert backend_for("torch-mixed", 1) == ("torch-mixed", "")

@@ -19,20 +19,6 @@ COMBINE_RULES = ("mean", "vote")
 
 # nextray_core.engine.BACKEND_CHOICES, spelled out so that --help does not import torch
 BACKEND_CHOICES = ("auto", "onnx-int8", "torch-bf16", "torch-mixed", "torch-fp32")
-# Below this many images `auto` answers in fp32: loading the demo's compiled fast path takes ~7 s
-# on 2 CPU cores even from the cache (building it the first time, about a minute) and it saves
-# ~30 ms an image, so it pays off from a couple of hundred images on (docs/inference.md).
-SMALL_JOB = 200
-
-
-def backend_for(requested: str, n_images: int) -> tuple[str, str]:
-    """(backend to load, why): ``auto`` on a small job is fp32, which is ready at once."""
-    if requested == "auto" and n_images < SMALL_JOB:
-        return "torch-fp32", (
-            f"auto, {n_images} image(s): fp32 is ready at once; the faster paths pay off from "
-            f"{SMALL_JOB} images; --backend forces one"
-        )
-    return requested, ""
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
@@ -55,18 +41,18 @@ def load_members(args: argparse.Namespace, device, n_images: int | None = None) 
     from nextray_core.predict import ensemble_classes
 
     ensemble_classes([read_card(path) for path in args.checkpoint])  # before any weights
-    backend, why = (args.backend, "") if n_images is None else backend_for(args.backend, n_images)
     members = []
     for path in args.checkpoint:
-        engine = load_engine(path, device=device, backend=backend)
-        say_backend(path, engine, why)
+        engine = load_engine(path, device=device, backend=args.backend, expected_images=n_images)
+        say_backend(path, engine)
         members.append((engine, engine.card))
     return members
 
 
-def say_backend(path, engine, why: str = "") -> None:
+def say_backend(path, engine) -> None:
     """Which inference path answers for ``path`` (on stderr: stdout is for results)."""
-    print(f"{path}: {engine.backend_name}" + (f" ({why})" if why else ""), file=sys.stderr)
+    reason = f" ({engine.reason})" if engine.reason else ""
+    print(f"{path}: {engine.backend_name}{reason}", file=sys.stderr)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -13,10 +13,12 @@ not rebuilt on every new machine just to fail again (a pass is always re-checked
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +52,10 @@ CALIBRATION_IMAGES = "calibration.images"
 CALIBRATION_LABELS = "calibration.labels"
 BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
 _GUARD_FORMAT = 2
+# Below this many images `auto` answers in fp32: loading the demo's compiled fast path takes
+# ~7 s on 2 CPU cores from the cache (building it, about a minute) and it saves ~33 ms an image
+# (docs/inference.md), so it pays off from a couple of hundred images on.
+SMALL_JOB = 200
 
 
 def cache_root() -> Path:
@@ -70,6 +76,7 @@ class InferenceEngine:
     ood: OodModel | None = None
     ood_error: str = ""
     ready: threading.Thread | None = None
+    reason: str = ""  # why this backend, when that is not "the fastest that passed"
 
     @property
     def backend_name(self) -> str:
@@ -92,7 +99,8 @@ class InferenceEngine:
         lines = [f"backend: {self.backend_name}" + (f", {note}" if note else "")]
         if self.ready is not None and self.ready.is_alive():
             lines.append("faster paths are being built and checked; fp32 answers meanwhile")
-        lines += [result.summary() for result in self.guard.values()]
+        # a copy: the background thread may be adding verdicts while the dashboard describes
+        lines += [result.summary() for result in list(self.guard.values())]
         return "\n".join(lines + self.notes)
 
 
@@ -156,13 +164,17 @@ class _Cache:
         write_text_atomic(self.verdicts, json.dumps(data, indent=1))
 
 
-def _build(name: str, model: nn.Module, card: ModelCard, calibration, cache: _Cache) -> Backend:
+def _build(
+    name: str, model: nn.Module, card: ModelCard, calibration: Callable, cache: _Cache
+) -> Backend:
+    """Build backend ``name``; ``calibration()`` is called only if int8 must be quantised."""
     if name in ("torch-bf16", "torch-mixed"):
         stages = MIXED_FP32_STAGES if name == "torch-mixed" else 0
         folder = cache.folder / "inductor"
         return TorchBf16(model, stages, size=card.prep.size, cache_dir=folder)
     int8 = cache.folder / "model.int8.onnx"
     if not int8.exists():
+        calibration = calibration()
         if calibration is None:
             raise ConfigError("onnx-int8 needs calibration images in the checkpoint")
         cache.folder.mkdir(parents=True, exist_ok=True)
@@ -194,8 +206,13 @@ def build_engine(
     backend: str = "auto",
     cache_dir: str | Path | None = None,
     background: bool = False,
+    expected_images: int | None = None,
 ) -> InferenceEngine:
     """Pick and build the backend (see the module doc); ``backend`` forces one.
+
+    ``expected_images``: the size of the job, if known; under ``auto`` a job of fewer than
+    ``SMALL_JOB`` images is answered in fp32 (a fast path costs seconds to load, a minute to
+    build, and saves milliseconds an image).
 
     ``background``: return at once with fp32 answering and build/check the faster paths in a
     thread, swapping the winner in when it is ready (the dashboard: ready in seconds, fast a
@@ -214,12 +231,20 @@ def build_engine(
     cache = _Cache(card.weights_sha256 or "unhashed", Path(cache_dir) if cache_dir else None)
     if backend == "torch-fp32":
         return engine
+    if backend == "auto" and expected_images is not None and expected_images < SMALL_JOB:
+        engine.reason = (
+            f"auto, {expected_images} image(s): fp32 is ready at once; the faster paths pay off "
+            f"from {SMALL_JOB} images; --backend forces one"
+        )
+        return engine
     if backend != "auto":
         if not on_cpu:
             raise ConfigError(f"{backend} runs on the CPU only; use --device cpu or torch-fp32")
         if backend == "onnx-int8" and not onnxruntime_available():
             raise ConfigError("onnx-int8 needs onnxruntime: pip install onnxruntime onnx")
-        engine.backend = _build(backend, model, card, calibration_batch(extras, card), cache)
+        engine.backend = _build(
+            backend, model, card, lambda: calibration_batch(extras, card), cache
+        )
         return engine
     if not on_cpu:
         engine.notes.append("on a GPU: fp32 PyTorch")
@@ -250,7 +275,7 @@ def build_engine(
 def _choose(engine: InferenceEngine, candidates: list[str], cache: _Cache) -> None:
     """Try ``candidates`` in order; the first that passes the guard becomes the backend."""
     model, card = engine.model, engine.card
-    calibration = calibration_batch(engine.extras, card)
+    calibration = functools.cache(lambda: calibration_batch(engine.extras, card))
     known = cache.read().get("backends", {})
     released = (card.extra or {}).get("engine_guard", {})
     references: dict[int, CamResult] = {}
@@ -266,18 +291,18 @@ def _choose(engine: InferenceEngine, candidates: list[str], cache: _Cache) -> No
             engine.guard[name] = verdict  # known to fail here: not worth building
             continue
         started = time.perf_counter()
-        try:
+        try:  # an exporter, compiler or runtime failure (or an unwritable cache): not this path
             candidate = _build(name, model, card, calibration, cache)
-        except Exception as error:  # an exporter or runtime failure means: not this path
-            engine.notes.append(f"{name} could not be built ({type(error).__name__}: {error})")
+            if verdict is None:
+                images, labels = guard_split(calibration(), name)
+                if len(images) not in references:
+                    references[len(images)] = run_batched(TorchFp32(model), images)
+                reference = references[len(images)]
+                verdict = compare(name, reference, run_batched(candidate, images), labels)
+                cache.write(name, verdict)
+        except Exception as error:
+            engine.notes.append(f"{name} could not be used ({type(error).__name__}: {error})")
             continue
-        if verdict is None:
-            images, labels = guard_split(calibration, name)
-            if len(images) not in references:
-                references[len(images)] = run_batched(TorchFp32(model), images)
-            reference = references[len(images)]
-            verdict = compare(name, reference, run_batched(candidate, images), labels)
-            cache.write(name, verdict)
         engine.guard[name] = verdict
         if verdict.passed:
             engine.backend = candidate
@@ -292,9 +317,16 @@ def load_engine(
     backend: str = "auto",
     cache_dir: str | Path | None = None,
     background: bool = False,
+    expected_images: int | None = None,
 ) -> InferenceEngine:
     """Load a checkpoint folder and build its engine (see ``build_engine``)."""
     model, card, extras = load_checkpoint(path, device=device)
     return build_engine(
-        model, card, extras, backend=backend, cache_dir=cache_dir, background=background
+        model,
+        card,
+        extras,
+        backend=backend,
+        cache_dir=cache_dir,
+        background=background,
+        expected_images=expected_images,
     )
