@@ -13,10 +13,9 @@ import argparse
 import hashlib
 import os
 import sys
-import warnings
 from pathlib import Path
 
-from nextray_core.commands.evaluate import add_backend_argument, backend_for, say_backend
+from nextray_core.commands.evaluate import add_backend_argument, say_backend
 from nextray_core.errors import NextRayError
 from nextray_core.files import write_text_atomic
 
@@ -71,24 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also score each map's faithfulness (10 extra forward passes per batch)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_backend_argument(parser)
     parser.set_defaults(handler=run_explain)
-
-
-def find_images(inputs: list[Path]) -> list[Path]:
-    """Files as given (bad ones are reported later) plus supported images inside folders."""
-    from nextray_core.imaging import SUPPORTED_SUFFIXES
-
-    found: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            found += sorted(
-                p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
-            )
-        else:
-            found.append(item)
-    return found
 
 
 def _overlay_name(path: Path, used: set[str]) -> str:
@@ -109,12 +93,11 @@ def _save_png(rgb, path: Path) -> None:
 
 
 def _read(path: Path):
-    from nextray_core.imaging import read_radiograph
+    from nextray_core.imaging import colour_photo_message, read_radiograph
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        image = read_radiograph(path)
-    return image, "; ".join(str(w.message) for w in caught)
+    image = read_radiograph(path, warn=False)
+    colour = image.metadata.get("colour_photo")
+    return image, colour_photo_message(image.metadata["name"]) if colour else ""
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -125,17 +108,18 @@ def run_explain(args: argparse.Namespace) -> int:
     from nextray_core.engine import load_engine
     from nextray_core.explain import faithfulness, overlay
     from nextray_core.explain.overlay import colormap_lut
+    from nextray_core.predict import find_image_files, resolve_device
     from nextray_core.transforms import as_image_tensor, eval_transform
 
     colormap_lut(args.colormap)  # an unknown colormap fails before any work
     if not 0.0 <= args.opacity <= 1.0 or args.batch_size < 1:
         raise NextRayError("--opacity must be within 0..1 and --batch-size at least 1")
-    files = find_images(args.inputs)
-    if not files:
-        raise NextRayError(f"no images ({', '.join(map(str, args.inputs))}): give files or folders")
-    backend, why = backend_for(args.backend, len(files))
-    engine = load_engine(args.checkpoint, device=args.device, backend=backend)
-    say_backend(args.checkpoint, engine, why)
+    files = find_image_files(args.inputs)  # the same walk as predict; none found: exit 2
+    device = resolve_device(args.device)
+    engine = load_engine(
+        args.checkpoint, device=device, backend=args.backend, expected_images=len(files)
+    )
+    say_backend(args.checkpoint, engine)
     model, card, ood = engine.model, engine.card, engine.ood
     if engine.ood_error:
         print(f"OOD check off: {engine.ood_error}", file=sys.stderr)
@@ -154,7 +138,8 @@ def run_explain(args: argparse.Namespace) -> int:
                 rows.append({"path": str(path), "status": "error", "error": str(error)})
                 continue
             images.append((path, image, note))
-            tensors.append(transform(as_image_tensor(image.pixels)))
+            # uint8 first, like predict, evaluate and the dashboard: the same input, the same answer
+            tensors.append(transform(as_image_tensor(torch.from_numpy(image.to_uint8()))))
         if images:
             batch = torch.stack(tensors)
             result = engine.explain(batch, args.method, args.target)
