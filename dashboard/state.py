@@ -78,19 +78,24 @@ def init_session() -> None:
     if CHECKPOINT not in state:
         given = _existing(args.checkpoint)
         demo = str(DEMO_CHECKPOINT) if (DEMO_CHECKPOINT / "card.json").is_file() else None
-        state[CHECKPOINT] = given or demo or _run_checkpoint(state[RUN])
+        # a run's maps must come from the model that scored it: the demo only for its own run
+        state[CHECKPOINT] = given or (_run_checkpoint(state[RUN], demo) if state[RUN] else demo)
     state.setdefault("known_runs", [p for p in (state[RUN],) if p])
     state.setdefault("known_checkpoints", [p for p in (state[CHECKPOINT],) if p])
     if THRESHOLD not in state:
         state[THRESHOLD] = _default_threshold(state[RUN], state[CHECKPOINT])
 
 
-def _run_checkpoint(run_path: str | None) -> str | None:
-    """The checkpoint a run names in its run.json, if it is present on this machine."""
+def _run_checkpoint(run_path: str, *candidates: str | None) -> str | None:
+    """The checkpoint that scored the run (same weights' SHA-256): where run.json says it was,
+    else one of ``candidates`` (the demo after a clone moved it); None if none is here."""
     run = get_run(run_path)
-    for entry in (run.meta.get("checkpoints") or []) if run else []:
-        if (Path(entry.get("path", "")) / "card.json").is_file():
-            return str(entry["path"])
+    entries = (run.meta.get("checkpoints") or []) if run else []
+    wanted = {entry.get("weights_sha256") for entry in entries}
+    for path in [*(entry.get("path") for entry in entries), *candidates]:
+        card = get_card(path) if path and (Path(path) / "card.json").is_file() else None
+        if card is not None and card.weights_sha256 in wanted:
+            return str(Path(path).resolve())
     return None
 
 

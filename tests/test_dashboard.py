@@ -425,3 +425,20 @@ def test_eight_sessions_predicting_at_once_each_get_their_own_result(
         np.testing.assert_allclose(result.cam, expected[path.name][1], atol=1e-5)
     probabilities = {round(p, 4) for p, _ in expected.values()}
     assert len(probabilities) > 1  # the images differ, so a mix-up would be caught
+
+
+def test_a_run_opens_with_the_checkpoint_that_scored_it_not_the_demo(synthetic, monkeypatch):
+    from dashboard import state
+
+    checkpoint, run, _ = synthetic
+    demo = Path(__file__).resolve().parents[1] / "checkpoints" / "demo"
+    monkeypatch.setattr(state, "DEMO_CHECKPOINT", demo)  # a clone that ships the demo
+    monkeypatch.setattr(sys, "argv", ["app.py", "--run", str(run)])
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    no_exception(at)
+    assert at.session_state["checkpoint_path"] == str(checkpoint.resolve())
+    monkeypatch.setattr(sys, "argv", ["app.py"])  # no run given: the demo's own pairing
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert at.session_state["checkpoint_path"] == str(demo)

@@ -26,7 +26,9 @@ if loaded is None:
     st.stop()
 
 left, middle, right, far = st.columns(4)
-region = left.selectbox("Study type", [UNKNOWN_REGION, *MURA_REGIONS], key="predict_region")
+# the regions the model was trained on (hand/leg/hip/... for the FracAtlas demo), else MURA's
+regions = loaded.card.data.get("regions") or list(MURA_REGIONS)
+region = left.selectbox("Study type", [UNKNOWN_REGION, *regions], key="predict_region")
 method = middle.selectbox(
     "Map method",
     METHODS,
