@@ -8,7 +8,8 @@ Freezing "the first N layers" follows the neXt-Ray report, which froze 148: a *l
 one parameter tensor in ``model.parameters()`` order (the PyTorch idiom
 ``for p in list(model.parameters())[:148]: p.requires_grad = False``). For ResNet-152 the first
 148 tensors are the stem (conv1, bn1), layer1, layer2 and the first four bottlenecks of layer3
-plus the first conv and bn of the fifth; ``describe_freeze`` reports the exact boundary.
+plus the first conv of the fifth (``conv1.weight .. layer3.4.conv1.weight``; ``describe_freeze``
+reports the exact boundary).
 Frozen batch-norm layers keep their affine parameters fixed but still update running
 statistics in training mode, as in the report.
 """

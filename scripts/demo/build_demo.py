@@ -239,8 +239,20 @@ def step_evaluate(args: argparse.Namespace) -> None:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     shutil.copytree(tmp, run_dir)
-    shutil.copy(args.fracatlas / "README.md", run_dir / "images" / "README.md")
+    write_attribution(args.fracatlas / "README.md", run_dir / "images")
     record_test_metrics(args.out)
+
+
+def write_attribution(source_readme: Path, images: Path) -> None:
+    """The dataset's own README (licence, citation), headed by what this folder holds."""
+    count = sum(1 for p in images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    header = (
+        f"> This folder holds {count} images of the FracAtlas test split used by the evaluation "
+        "run one level up, nothing else (no CSVs, annotations or masks). Below is the "
+        "dataset's own README, kept for its licence (CC BY 4.0) and attribution; its contents "
+        "table describes the whole dataset.\n\n"
+    )
+    (images / "README.md").write_text(header + source_readme.read_text(encoding="utf-8"))
 
 
 def write_trust_reports(run_dir: Path, engine, fracatlas: Path) -> None:
