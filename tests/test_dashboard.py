@@ -348,7 +348,6 @@ def test_errors_gallery_lists_false_positives_and_negatives_and_opens_a_study(sy
     # every view of that study is shown (plus the gallery's tiles)
     assert len(at.image) >= len(rows[rows["study_id"] == study])
     at.sidebar.slider[0].set_value(0.99).run()  # almost everything is a false negative now
-    wrong = rows[(rows["probability"] >= 0.99) != (rows["label"] == 1)]
     assert f"false negatives **{int((rows['label'] == 1).sum())}**" in texts(at)
     at.radio(key="errors_kind").set_value("false positives").run()
     no_exception(at)

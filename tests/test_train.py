@@ -279,12 +279,14 @@ def test_ctrl_c_stops_at_a_step_boundary_and_saves(small_index, tmp_path):
         if step == 1:
             os.kill(os.getpid(), signal.SIGINT)  # handled: stop after the next step
 
+    previous = signal.getsignal(signal.SIGINT)
+
     with pytest.raises(KeyboardInterrupt):
         fit(replace(TINY, epochs=2), tmp_path, index=small_index, on_step=press_ctrl_c)
     position = json.loads((tmp_path / "last" / train_state.STATE_JSON).read_text())["position"]
     assert (position["epoch"], position["step"]) == (0, 2)
     load_checkpoint(tmp_path / "last")
-    assert signal.getsignal(signal.SIGINT) is not None  # the previous handler is back
+    assert signal.getsignal(signal.SIGINT) is previous  # the previous handler is back
 
 
 def test_cli_train_errors_name_the_fix(tmp_path, capsys):
