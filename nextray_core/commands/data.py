@@ -77,7 +77,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
         try:
-            image = read_radiograph(path)
+            image = read_radiograph(path, warn=False)  # the line below says it, once
         except NextRayError as error:
             print(f"{path}: ERROR {error}")
             failed += 1

@@ -25,7 +25,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
@@ -127,14 +126,6 @@ def _features(model, index: pd.DataFrame, prep) -> torch.Tensor:
         return collect_features(model, loader)
 
 
-def _youden_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(labels, probabilities)
-    best = int(np.argmax(tpr - fpr))
-    return float(np.clip(thresholds[best], 0.0, 1.0))
-
-
 def _hardware(training: dict) -> str:
     """The card's one-line account of where it was trained, from what ``nextray train`` saw."""
     precision = "bf16 autocast" if training.get("precision") == "bf16" else training["precision"]
@@ -153,23 +144,26 @@ def _describe_init(training: dict) -> str:
 
 
 def step_package(args: argparse.Namespace) -> None:
+    from nextray_core import train_state
     from nextray_core.checkpoint import load_checkpoint, save_checkpoint, write_card
+    from nextray_core.curves import youden_threshold
     from nextray_core.datasets import load_dataset
     from nextray_core.engine import calibration_tensors, load_engine
     from nextray_core.ood import fit_ood
     from nextray_core.predict import predict_index
+    from nextray_core.train import LOG_FILE
 
     train_dir = args.train_dir or args.work / "train"
     model, card, extras = load_checkpoint(train_dir / "best")
     config = json.loads((train_dir / "config.json").read_text())
-    log = [json.loads(line) for line in (train_dir / "train_log.jsonl").read_text().splitlines()]
+    log = train_state.read_log(train_dir / LOG_FILE, upto=config["epochs"])
     index = load_dataset("fracatlas", args.fracatlas, seed=config["data_seed"])
     train, val = index[index["split"] == "train"], index[index["split"] == "val"]
 
     print("fitting OOD statistics on the train split, threshold on the val split", flush=True)
     ood = fit_ood(_features(model, train, card.prep), calibration=_features(model, val, card.prep))
     val_probs = predict_index([(model, card)], val, batch_size=32)["probability"].to_numpy()
-    threshold = _youden_threshold(val["label"].to_numpy(), val_probs)
+    threshold = youden_threshold(val["label"].to_numpy(), val_probs)
 
     card.name = f"nextray-demo-fracatlas-resnet152-{card.prep.size}px"
     card.task = (
