@@ -89,6 +89,9 @@ class TrainConfig:
     size: int = _opt(320, "input size in pixels (square)")
     hflip: bool = _opt(True, "random horizontal flips")
     rotation: float = _opt(0.0, "random rotations up to this many degrees")
+    crop_scale: float = _opt(1.0, "random resized crops keeping at least this share (1: none)")
+    contrast: float = _opt(0.0, "random brightness/contrast jitter of up to this factor")
+    erase: float = _opt(0.0, "probability of randomly erasing one rectangle per image")
     # model selection and reproducibility
     select: str = _opt("loss", "best epoch by val loss, or study-level val kappa/AUC", SELECTIONS)
     seed: int = _opt(0, "seed of initialisation, shuffling, augmentation and dropout")
@@ -118,6 +121,9 @@ class TrainConfig:
             "batch_size": self.batch_size >= 1,
             "size": self.size >= 32,
             "rotation": 0.0 <= self.rotation <= 180.0,
+            "crop_scale": 0.05 <= self.crop_scale <= 1.0,
+            "contrast": 0.0 <= self.contrast < 1.0,
+            "erase": 0.0 <= self.erase <= 1.0,
             "lr_factor": 0.0 < self.lr_factor < 1.0,
             "plateau_patience": self.plateau_patience >= 0,
             "step_size": self.step_size >= 1,

@@ -46,7 +46,8 @@ def build_model(
     ``init``: ``"none"`` (random, torchvision's initialisation), ``"imagenet"`` (torchvision's
     weights; downloads them, so only for users with internet) or the path of a local state dict
     (``.safetensors``, or a ``.pt``/``.pth`` read with ``weights_only=True``) whose keys follow
-    torchvision's names; its classifier head, if any, is ignored.
+    torchvision's names, or a neXt-Ray checkpoint folder (fine-tuning a trained model, e.g. at a
+    larger size; its hash is verified); the classifier head, if any, is ignored.
     """
     if arch not in _BUILDERS:
         raise ConfigError(f"unknown architecture {arch!r}; choose one of {list(ARCHITECTURES)}")
@@ -83,9 +84,18 @@ def head_prefix(model: nn.Module) -> str:
 
 
 def _load_backbone(model: nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise ConfigError(f"--init {path}: no such file; give 'none', 'imagenet' or a state dict")
-    state = read_state_dict(path)
+    if path.is_dir():
+        from nextray_core.checkpoint import EXTRA_PREFIX, load_tensors  # imports this module
+
+        _, tensors = load_tensors(path)
+        state = {k: v.float() for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+    elif path.is_file():
+        state = read_state_dict(path)
+    else:
+        raise ConfigError(
+            f"--init {path}: no such file or folder; give 'none', 'imagenet', a state dict "
+            "or a checkpoint folder"
+        )
     backbone = {k: v for k, v in state.items() if not k.startswith(head_prefix(model))}
     result = model.load_state_dict(backbone, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(head_prefix(model))]

@@ -430,7 +430,14 @@ def _loaders(config: TrainConfig, train: pd.DataFrame, val: pd.DataFrame, runtim
                 ]
             if runtime.world_size > 1:
                 dist.barrier()
-    augment = train_transform(prep, hflip=config.hflip, rotation=config.rotation)
+    augment = train_transform(
+        prep,
+        hflip=config.hflip,
+        rotation=config.rotation,
+        crop_scale=config.crop_scale,
+        contrast=config.contrast,
+        erase=config.erase,
+    )
     train_set = SeededAugmentation(RadiographDataset(train, augment, cache=caches[0]), config.seed)
     val_set = RadiographDataset(val, eval_transform(prep), cache=caches[1])
     sampler = EpochSampler(

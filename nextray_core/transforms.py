@@ -76,16 +76,35 @@ def eval_transform(prep: Preprocessing = Preprocessing()) -> Transform:
 
 
 def train_transform(
-    prep: Preprocessing = Preprocessing(), *, hflip: bool = True, rotation: float = 0.0
+    prep: Preprocessing = Preprocessing(),
+    *,
+    hflip: bool = True,
+    rotation: float = 0.0,
+    crop_scale: float = 1.0,
+    contrast: float = 0.0,
+    erase: float = 0.0,
 ) -> Transform:
-    """The eval transform plus the report's random flips and optional rotations (degrees)."""
-    steps: list[Transform] = [
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Resize((prep.size, prep.size), antialias=True),
-    ]
+    """The eval transform plus random augmentation.
+
+    The report's flips and optional rotations (degrees), and three levers against shortcuts
+    (film borders, markers, one scanner's contrast): random resized crops keeping at least
+    ``crop_scale`` of the image, brightness/contrast jitter of up to ``contrast``, and random
+    erasing of one rectangle with probability ``erase``.
+    """
+    steps: list[Transform] = [v2.ToDtype(torch.float32, scale=True)]
+    if crop_scale < 1.0:
+        steps.append(
+            v2.RandomResizedCrop((prep.size, prep.size), scale=(crop_scale, 1.0), antialias=True)
+        )
+    else:
+        steps.append(v2.Resize((prep.size, prep.size), antialias=True))
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     if rotation:
         steps.append(v2.RandomRotation(rotation))
+    if contrast:
+        steps.append(v2.ColorJitter(brightness=contrast, contrast=contrast))
     steps += [v2.Lambda(_to_three_channels), v2.Normalize(list(prep.mean), list(prep.std))]
+    if erase:
+        steps.append(v2.RandomErasing(p=erase, scale=(0.02, 0.15), value=0.0))
     return v2.Compose(steps)

@@ -30,7 +30,8 @@ import torch
 from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = Path(__file__).with_name("common.json")
+# the 160 px recipe from the CT init, then the 320 px fine-tune from its best epoch
+CONFIGS = [Path(__file__).with_name("common.json"), Path(__file__).with_name("finetune320.json")]
 DEMO = REPO / "checkpoints" / "demo"
 INIT_NAME = "astra_resnet152_2d.safetensors"
 ASTRA_INIT = (
@@ -93,27 +94,37 @@ def _init(args: argparse.Namespace) -> str:
     return args.init or str(args.work / "init" / INIT_NAME)
 
 
+def _stage_dirs(args: argparse.Namespace) -> list[Path]:
+    """One training folder per recipe: WORK/train, or WORK/train-1, train-2... for stages."""
+    if len(args.config) == 1:
+        return [args.work / "train"]
+    return [args.work / f"train-{k + 1}" for k in range(len(args.config))]
+
+
 def step_train(args: argparse.Namespace) -> None:
-    out = args.work / "train"
-    if (out / "last" / "card.json").exists():
-        nextray("train", "--resume", str(out), "--no-progress")
-        return
-    nextray(
-        "train",
-        "--config",
-        str(args.config),
-        "--data",
-        str(args.fracatlas),
-        "--init",
-        _init(args),
-        "--cache-dir",
-        str(args.work / "cache"),
-        "--workers",
-        "1",
-        "--no-progress",
-        "--out",
-        str(out),
-    )
+    """Each recipe in turn; a later stage starts from the previous stage's best epoch."""
+    init = _init(args)
+    for config, out in zip(args.config, _stage_dirs(args), strict=True):
+        if (out / "last" / "card.json").exists():
+            nextray("train", "--resume", str(out), "--no-progress")
+        else:
+            nextray(
+                "train",
+                "--config",
+                str(config),
+                "--data",
+                str(args.fracatlas),
+                "--init",
+                init,
+                "--cache-dir",
+                str(args.work / "cache"),
+                "--workers",
+                "1",
+                "--no-progress",
+                "--out",
+                str(out),
+            )
+        init = str(out / "best")
 
 
 def _features(model, index: pd.DataFrame, prep) -> torch.Tensor:
@@ -153,7 +164,7 @@ def step_package(args: argparse.Namespace) -> None:
     from nextray_core.predict import predict_index
     from nextray_core.train import LOG_FILE
 
-    train_dir = args.train_dir or args.work / "train"
+    train_dir = args.train_dir or _stage_dirs(args)[-1]
     model, card, extras = load_checkpoint(train_dir / "best")
     config = json.loads((train_dir / "config.json").read_text())
     log = train_state.read_log(train_dir / LOG_FILE, upto=config["epochs"])
@@ -181,7 +192,8 @@ def step_package(args: argparse.Namespace) -> None:
         **card.training,
         "hardware": _hardware(card.training),
         "init": _describe_init(card.training),
-        "recipe": f"{_shown(args.config)}; rebuilt by scripts/demo/build_demo.py",
+        "recipe": f"{' then '.join(_shown(c) for c in args.config)}; rebuilt by "
+        "scripts/demo/build_demo.py",
         "selection": "epoch with the best validation AUC",
         "log": log,
         "tried": PILOTS,
@@ -341,10 +353,13 @@ def main() -> int:
                         help="packaged checkpoint folder; its test run goes to OUT/run "
                         "(default checkpoints/demo)")  # fmt: skip
     parser.add_argument(
-        "--config", type=Path, default=CONFIG, help="recipe for `nextray train` (common.json)"
-    )
-    parser.add_argument("--init", help="initial weights for `nextray train --init`: a state dict, "
-                        "'imagenet' or 'none' (default: WORK/init/" + INIT_NAME + ")")  # fmt: skip
+        "--config", type=Path, action="append",
+        help="recipe for `nextray train` (default: " + ", then ".join(p.name for p in CONFIGS)
+        + "); repeat it for stages, each starting from the previous stage's best epoch",
+    )  # fmt: skip
+    parser.add_argument("--init", help="initial weights of the first stage (`nextray train "
+                        "--init`): a state dict, a checkpoint folder, 'imagenet' or 'none' "
+                        "(default: WORK/init/" + INIT_NAME + ")")  # fmt: skip
     parser.add_argument(
         "--train-dir", type=Path, help="training run to package (default WORK/train)"
     )
@@ -354,8 +369,10 @@ def main() -> int:
     args = parser.parse_args()
     if not (args.fracatlas / "images").is_dir():
         sys.exit(f"no FracAtlas at {args.fracatlas}: pass --fracatlas PATH")
-    if not args.config.is_file():
-        sys.exit(f"no training recipe at {args.config}: pass --config PATH")
+    args.config = args.config or CONFIGS
+    for config in args.config:
+        if not config.is_file():
+            sys.exit(f"no training recipe at {config}: pass --config PATH")
     args.work.mkdir(parents=True, exist_ok=True)
     args.out = args.out.resolve()
     steps = list(STEPS) if "all" in args.steps else list(dict.fromkeys(args.steps))
