@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "nextray_core.commands.data",
     "nextray_core.commands.dashboard",
     "nextray_core.commands.train",
+    "nextray_core.commands.release",
     "nextray_core.commands.evaluate",
     "nextray_core.commands.explain",
     "nextray_core.commands.bench",

@@ -26,6 +26,8 @@ SCHEDULERS: tuple[str, ...] = ("none", "plateau", "step")
 SELECTIONS: tuple[str, ...] = ("loss", "kappa", "auc")
 PRECISIONS: tuple[str, ...] = ("bf16", "fp32")
 DATA_KINDS: tuple[str, ...] = ("auto", "mura", "fracatlas", "folder", "index")
+THRESHOLD_POLICIES: tuple[str, ...] = ("youden", "sensitivity", "specificity")
+CALIBRATIONS: tuple[str, ...] = ("platt", "temperature", "none")
 
 # What each recipe changes relative to the defaults (the report's recipe).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -71,7 +73,11 @@ class TrainConfig:
     regions: tuple[str, ...] = _opt((), "comma-separated regions to keep (default: all)")
     # model
     arch: str = _opt("resnet152", "architecture", ARCHITECTURES)
-    init: str = _opt("none", "initialisation: none, imagenet (downloads) or a state-dict PATH")
+    init: str = _opt(
+        "imagenet",
+        "initialisation: imagenet (torchvision's weights, downloaded once), none (random), a "
+        "state-dict PATH or a checkpoint folder to fine-tune",
+    )
     dropout: float = _opt(0.5, "dropout before the one-logit Linear head")
     freeze_layers: int = _opt(148, "freeze the first N parameter tensors (the report froze 148)")
     # optimisation
@@ -94,6 +100,15 @@ class TrainConfig:
     erase: float = _opt(0.0, "probability of randomly erasing one rectangle per image")
     # model selection and reproducibility
     select: str = _opt("loss", "best epoch by val loss, or study-level val kappa/AUC", SELECTIONS)
+    # the release step after training (nextray_core.release): all chosen on the val split
+    threshold_policy: str = _opt(
+        "youden", "default threshold: Youden's J, or a sensitivity/specificity target",
+        THRESHOLD_POLICIES,
+    )  # fmt: skip
+    threshold_target: float = _opt(0.9, "the target of the sensitivity/specificity policies")
+    calibration: str = _opt(
+        "platt", "post-hoc probability calibration folded into the head", CALIBRATIONS
+    )
     seed: int = _opt(0, "seed of initialisation, shuffling, augmentation and dropout")
     deterministic: bool = _opt(False, "deterministic algorithms only (slower on GPU)")
     # speed
@@ -124,12 +139,20 @@ class TrainConfig:
             "crop_scale": 0.05 <= self.crop_scale <= 1.0,
             "contrast": 0.0 <= self.contrast < 1.0,
             "erase": 0.0 <= self.erase <= 1.0,
+            "threshold_target": 0.0 < self.threshold_target < 1.0,
             "lr_factor": 0.0 < self.lr_factor < 1.0,
             "plateau_patience": self.plateau_patience >= 0,
             "step_size": self.step_size >= 1,
             "workers": self.workers >= 0,
             "betas": len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
         }
+        if self.init == "none" and self.freeze_layers > 0:
+            raise ConfigError(
+                f"--init none with --freeze-layers {self.freeze_layers}: frozen layers of a "
+                "randomly initialised network stay random and never learn, so the model would "
+                "learn only from noise features. Pass --init imagenet (the report's recipe), "
+                "--init PATH (a state dict or checkpoint folder), or --init none --freeze-layers 0"
+            )
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             values = ", ".join(f"{name} = {getattr(self, name)!r}" for name in bad)

@@ -60,7 +60,9 @@ def build_model(
         except (OSError, RuntimeError) as error:  # URLError is an OSError
             raise ConfigError(
                 f"could not download torchvision's ImageNet weights for {arch} ({error}); "
-                "connect to the internet, or use --init none or --init PATH_TO_STATE_DICT"
+                "connect to the internet once (torchvision caches them), or train without them: "
+                "--init none --freeze-layers 0 (random init, whole network), or --init PATH (a "
+                "state dict with torchvision's key names, or a neXt-Ray checkpoint folder)"
             ) from error
     elif str(init) == "none":
         model = builder(weights=None)

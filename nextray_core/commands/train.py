@@ -114,8 +114,11 @@ def run_train(args: argparse.Namespace) -> int:
         config = resolve_config(overrides, args.config)
         out = args.out
     result = fit(config, out, resume=args.resume is not None)
-    if os.environ.get("RANK", "0") == "0":  # one line, not one per torchrun process
+    if os.environ.get("RANK", "0") == "0":  # one process releases, one line is printed
+        from nextray_core.release import release_training_run
+
         print(f"best epoch {result.best_epoch}: {result.best_dir}; last: {result.last_dir}")
+        release_training_run(result.best_dir, config)
     return 0
 
 

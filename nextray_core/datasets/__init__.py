@@ -14,6 +14,7 @@ from nextray_core.datasets.folder import find_class_folders, load_folder
 from nextray_core.datasets.fracatlas import load_fracatlas, load_fracture_boxes
 from nextray_core.datasets.mura import MURA_DIRNAME, MuraReport, load_mura, validate_mura
 from nextray_core.datasets.synthetic import make_synthetic_mura
+from nextray_core.datasets.tasks import FRACATLAS_TASK, MURA_TASK, Task, dataset_task
 from nextray_core.errors import ConfigError, DatasetError
 from nextray_core.index import INDEX_COLUMNS, make_index
 
@@ -26,7 +27,11 @@ ACCEPTED_LAYOUTS = (
 
 __all__ = [
     "DATASET_KINDS",
+    "FRACATLAS_TASK",
+    "MURA_TASK",
     "MuraReport",
+    "Task",
+    "dataset_task",
     "detect_dataset_kind",
     "load_dataset",
     "load_folder",

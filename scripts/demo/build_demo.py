@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[2]
 # the 160 px recipe from the CT init, then the 320 px fine-tune from its best epoch
@@ -127,16 +126,6 @@ def step_train(args: argparse.Namespace) -> None:
         init = str(out / "best")
 
 
-def _features(model, index: pd.DataFrame, prep) -> torch.Tensor:
-    from nextray_core.loader import RadiographDataset
-    from nextray_core.ood import collect_features
-    from nextray_core.transforms import eval_transform
-
-    loader = DataLoader(RadiographDataset(index, eval_transform(prep)), batch_size=32)
-    with torch.inference_mode():
-        return collect_features(model, loader)
-
-
 def _hardware(training: dict) -> str:
     """The card's one-line account of where it was trained, from what ``nextray train`` saw."""
     precision = "bf16 autocast" if training.get("precision") == "bf16" else training["precision"]
@@ -155,39 +144,37 @@ def _describe_init(training: dict) -> str:
 
 
 def step_package(args: argparse.Namespace) -> None:
+    """The core's release step (threshold, calibration, OOD, calibration sample, validation
+    metrics) into --out as fp16 shards, then what only the demo's card says."""
     from nextray_core import train_state
-    from nextray_core.checkpoint import load_checkpoint, save_checkpoint, write_card
-    from nextray_core.curves import youden_threshold
-    from nextray_core.datasets import load_dataset
-    from nextray_core.engine import calibration_tensors, load_engine
-    from nextray_core.ood import fit_ood
-    from nextray_core.predict import predict_index
+    from nextray_core.checkpoint import read_card, write_card
+    from nextray_core.datasets import FRACATLAS_TASK, load_dataset
+    from nextray_core.engine import load_engine
+    from nextray_core.release import ReleasePolicy, release
     from nextray_core.train import LOG_FILE
 
     train_dir = args.train_dir or _stage_dirs(args)[-1]
-    model, card, extras = load_checkpoint(train_dir / "best")
     config = json.loads((train_dir / "config.json").read_text())
     log = train_state.read_log(train_dir / LOG_FILE, upto=config["epochs"])
     index = load_dataset("fracatlas", args.fracatlas, seed=config["data_seed"])
-    train, val = index[index["split"] == "train"], index[index["split"] == "val"]
-
-    print("fitting OOD statistics on the train split, threshold on the val split", flush=True)
-    ood = fit_ood(_features(model, train, card.prep), calibration=_features(model, val, card.prep))
-    val_probs = predict_index([(model, card)], val, batch_size=32)["probability"].to_numpy()
-    threshold = youden_threshold(val["label"].to_numpy(), val_probs)
-
-    card.name = f"nextray-demo-fracatlas-resnet152-{card.prep.size}px"
-    card.task = (
-        "fracture detection in musculoskeletal radiographs (FracAtlas: hand, leg, hip, shoulder, "
-        "mixed); a demo of the tool, NOT MURA's abnormality task"
+    policy = ReleasePolicy(
+        threshold=config.get("threshold_policy", "youden"),
+        target=config.get("threshold_target", 0.9),
+        calibration=config.get("calibration", "platt"),
+        seed=config["seed"],
     )
-    card.positive_class, card.negative_class = "fractured", "not fractured"
+    release(
+        train_dir / "best", index, FRACATLAS_TASK, out=args.out, policy=policy,
+        dtype=torch.float16, max_file_mb=MAX_FILE_MB,
+    )  # fmt: skip
+
+    card = read_card(args.out)
+    card.name = f"nextray-demo-fracatlas-resnet152-{card.prep.size}px"
+    card.task = FRACATLAS_TASK.task + "; a demo of the tool, NOT MURA's abnormality task"
     card.intended_use = (
         "demonstrating neXt-Ray (dashboard, maps, metrics) and teaching; not for clinical use, "
         "not a MURA model, not validated outside FracAtlas"
     )
-    card.default_threshold = threshold
-    card.extra["ood"] = ood.card_extra()
     card.training = {
         **card.training,
         "hardware": _hardware(card.training),
@@ -197,7 +184,6 @@ def step_package(args: argparse.Namespace) -> None:
         "selection": "epoch with the best validation AUC",
         "log": log,
         "tried": PILOTS,
-        "threshold": "Youden's J on the validation split",
     }
     card.licence = {
         "weights": "CC BY 4.0 (trained on FracAtlas, CC BY 4.0; init from MIT-licensed "
@@ -205,17 +191,13 @@ def step_package(args: argparse.Namespace) -> None:
         "data": "FracAtlas, Abedeen et al., Scientific Data 10, 521 (2023), "
         "https://doi.org/10.1038/s41597-023-02432-4, CC BY 4.0",
     }
-    extras = {k: v for k, v in extras.items() if not k.startswith("ood.")}
-    extras |= ood.to_tensors() | calibration_tensors(val, card.prep.size)
-    save_checkpoint(
-        model, args.out, card, dtype=torch.float16, extra_tensors=extras, max_file_mb=MAX_FILE_MB
-    )
+    write_card(args.out, card)
     if args.guard:  # which fast inference paths keep the answers (minutes on a CPU)
         engine = load_engine(args.out, cache_dir=args.work / "engine-cache")
         card.extra["engine_guard"] = {name: g.to_dict() for name, g in engine.guard.items()}
         write_card(args.out, card)
         print(engine.describe())
-    print(f"packaged {args.out} (threshold {threshold:.3f} from the val split)")
+    print(f"packaged {args.out} (threshold {card.default_threshold:.3f} from the val split)")
 
 
 def step_evaluate(args: argparse.Namespace) -> None:
