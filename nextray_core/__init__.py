@@ -24,6 +24,8 @@ _EXPORTS = {
     "ModelCard": "nextray_core.checkpoint",
     "save_checkpoint": "nextray_core.checkpoint",
     "load_checkpoint": "nextray_core.checkpoint",
+    "release": "nextray_core.release",
+    "ReleasePolicy": "nextray_core.release",
     "predict_index": "nextray_core.predict",
     "predict_files": "nextray_core.predict",
     "study_table": "nextray_core.predict",

@@ -22,7 +22,7 @@ MINI = REPO / "tests" / "data" / "fracatlas_mini"
 TINY_RECIPE = {
     "recipe": "report", "kind": "fracatlas", "data_seed": 0, "arch": "resnet152", "size": 64,
     "batch_size": 8, "precision": "fp32", "lr": 1e-4, "loss": "class-weighted", "epochs": 1,
-    "select": "auc", "seed": 0,
+    "select": "auc", "seed": 0, "freeze_layers": 0,
 }  # fmt: skip
 
 
@@ -43,6 +43,8 @@ def test_build_demo_trains_packages_and_evaluates_from_a_fresh_start(tmp_path):
     assert card.training["hardware"].startswith("CPU (") and card.training["init"] == "none"
     assert card.training["size"] == 64 and card.prep.size == 64
     assert 0 <= card.default_threshold <= 1 and card.weights_dtype == "float16"
+    assert card.extra["release"]["validation_predictions"] == "validation_predictions.csv"
+    assert (out / "validation_predictions.csv").is_file()
     test = card.metrics["test (image level)"]["overall"]
     assert test["count"] == 2 and {"auc", "auc_low", "auc_high"} <= set(test)
     assert max(p.stat().st_size for p in out.rglob("*") if p.is_file()) < 50 * MB
