@@ -32,7 +32,7 @@ def test_build_demo_trains_packages_and_evaluates_from_a_fresh_start(tmp_path):
     recipe.write_text(json.dumps(TINY_RECIPE))
     out = tmp_path / "demo"
     command = [sys.executable, str(REPO / "scripts" / "demo" / "build_demo.py"),
-               "evaluate", "train", "package",  # run in pipeline order whatever the order given
+               "evaluate", "maps", "train", "package",  # run in pipeline order whatever the order
                "--fracatlas", str(MINI), "--work", str(tmp_path / "work"), "--out", str(out),
                "--config", str(recipe), "--init", "none", "--no-guard"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -55,7 +55,9 @@ def test_build_demo_trains_packages_and_evaluates_from_a_fresh_start(tmp_path):
     assert "CC BY 4.0" in (out / "run" / "images" / "README.md").read_text()
     for report in ("localisation.md", "localisation.json", "ood.json", "report.md"):
         assert (out / "run" / report).stat().st_size > 0, report
-    assert "2 x 2 grid" in (out / "run" / "localisation.md").read_text()
+    assert card.extra["map_method"] in {row["method"] for row in card.extra["maps"]["table"]}
+    grid = 4 if card.extra["map_method"].endswith("layer3") else 2  # 64 px: layer3 / layer4
+    assert f"{grid} x {grid} grid" in (out / "run" / "localisation.md").read_text()
     assert not (tmp_path / "work" / "train" / "last").is_relative_to(out)  # never shipped
 
 

@@ -40,6 +40,8 @@ METHODS = (
     "layercam",
     "scorecam",
     "eigencam",
+    "gradcam-layer3",
+    "layercam-layer3",
 )
 TARGETS = ("abnormal", "normal")
 

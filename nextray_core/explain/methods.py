@@ -37,6 +37,7 @@ from functools import cache
 import numpy as np
 import torch
 from torch import nn
+from torchvision import models
 
 from nextray_core.errors import ConfigError
 from nextray_core.explain.cam import (
@@ -45,6 +46,7 @@ from nextray_core.explain.cam import (
     check_explainable,
     display_maps,
     feature_maps,
+    feature_stages,
     head_logits,
     predict_with_cam,
 )
@@ -58,7 +60,11 @@ LIBRARY_METHODS: dict[str, str] = {
     "scorecam": "ScoreCAM",
     "eigencam": "EigenCAM",
 }
-METHODS: tuple[str, ...] = ("cam", *LIBRARY_METHODS)
+# The same library methods on layer3's maps (ResNets): 2x finer than layer4 (20 x 20 at 320 px),
+# for fractures smaller than one layer4 cell; layer4 and the head run on top with detached
+# weights, so backward still reaches only the tapped maps.
+FINE_METHODS: dict[str, str] = {"gradcam-layer3": "GradCAM", "layercam-layer3": "LayerCAM"}
+METHODS: tuple[str, ...] = ("cam", *LIBRARY_METHODS, *FINE_METHODS)
 TARGETS: tuple[str, ...] = ("abnormal", "normal")
 
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
@@ -106,24 +112,40 @@ def model_lock(model: nn.Module) -> threading.Lock:
 
 
 class _FeatureTap(nn.Module):
-    """Target layer for the library: feature maps as a new leaf, so backward stops here."""
+    """Target layer for the library: feature maps as a new leaf, so backward stops here.
 
-    def __init__(self, model: nn.Module) -> None:
+    ``fine``: the maps after layer3 instead of the final ones (ResNets only)."""
+
+    def __init__(self, model: nn.Module, fine: bool = False) -> None:
         super().__init__()
         self._model = (model,)  # a tuple: not registered, so .eval()/.zero_grad() skip it
+        self.fine = fine
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            maps = feature_maps(self._model[0], batch)
+            if self.fine:
+                x = batch
+                for stage in feature_stages(self._model[0])[:-1]:  # all but layer4
+                    x = stage.forward(x)
+                maps = x
+            else:
+                maps = feature_maps(self._model[0], batch)
         return maps.detach().requires_grad_(True)
+
+
+def _layer4_detached(model: nn.Module, maps: torch.Tensor) -> torch.Tensor:
+    """layer4 on tapped layer3 maps with its weights detached: no parameter gets a gradient."""
+    layer = model.layer4
+    state = {k: v.detach() for k, v in layer.state_dict(keep_vars=True).items()}
+    return torch.func.functional_call(layer, state, (maps,))
 
 
 class _LibraryView(nn.Module):
     """What the library sees: input -> tap -> GAP + Linear with detached weights -> B x 1."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, fine: bool = False) -> None:
         super().__init__()
-        self.tap = _FeatureTap(model)
+        self.tap = _FeatureTap(model, fine)
         self._model = (model,)
         # The library reads the device from the first parameter; this one is never used.
         param = next(model.parameters())
@@ -134,7 +156,10 @@ class _LibraryView(nn.Module):
         self.first_pooled: torch.Tensor | None = None
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        logits, pooled = head_logits(self._model[0], self.tap(batch), detach_weights=True)
+        maps = self.tap(batch)
+        if self.tap.fine:
+            maps = _layer4_detached(self._model[0], maps)
+        logits, pooled = head_logits(self._model[0], maps, detach_weights=True)
         if self.first_pooled is None:  # scorecam calls us again on masked inputs
             self.first_logits, self.first_pooled = logits.detach(), pooled.detach()
         return logits[:, None]
@@ -185,14 +210,17 @@ def _raw_class(name: str) -> type:
 def _library_raw_maps(
     model: nn.Module, batch: torch.Tensor, method: str, target: str, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    cls = _raw_class(LIBRARY_METHODS[method])
+    fine = method in FINE_METHODS
+    if fine and not isinstance(model, models.ResNet):
+        raise ConfigError(f"{method} needs a ResNet (it maps layer3); use cam or gradcam")
+    cls = _raw_class({**LIBRARY_METHODS, **FINE_METHODS}[method])
     maps, logits, pooled = [], [], []
     # scorecam holds F x 3 x S x S masked copies per image: one image at a time.
     chunks = batch.split(1) if method == "scorecam" else [batch]
     # Gradients are needed even if the caller is in no_grad or inference mode.
     with model_lock(model), torch.inference_mode(False), torch.enable_grad():
         for chunk in chunks:
-            view = _LibraryView(model).eval()
+            view = _LibraryView(model, fine).eval()
             with cls(model=view, target_layers=[view.tap]) as explainer:
                 explainer.batch_size = batch_size  # scorecam's forward chunk
                 explainer(input_tensor=chunk.clone(), targets=[LogitTarget(target)] * len(chunk))

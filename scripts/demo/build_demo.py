@@ -2,7 +2,8 @@
 
     python scripts/demo/build_demo.py init      # CT backbone -> 2-D ResNet-152 init (internet once)
     python scripts/demo/build_demo.py train     # nextray train (resumes an interrupted run)
-    python scripts/demo/build_demo.py package   # best epoch -> checkpoints/demo (fp16, OOD, card)
+    python scripts/demo/build_demo.py package   # best epoch -> release step -> checkpoints/demo
+    python scripts/demo/build_demo.py maps      # CAM methods' localisation on val -> map method
     python scripts/demo/build_demo.py evaluate  # test split once -> checkpoints/demo/run + report
     python scripts/demo/build_demo.py all
     python scripts/demo/build_demo.py train package evaluate --out /tmp/demo-320 ...  # any steps
@@ -132,15 +133,24 @@ def _hardware(training: dict) -> str:
     name = training.get("device_name", "unknown")
     if str(training.get("device_used", "cpu")).startswith("cuda"):
         return f"GPU ({name}) x {training.get('processes', 1)}, {precision}"
-    return (
-        f"CPU ({name}), {precision}; no GPU was available, so this is the CPU fallback at "
-        f"{training['size']} px. {FOLLOW_UP}"
-    )
+    where = f"CPU ({name}), {precision}; no GPU was available"
+    if training["size"] < 320:
+        return f"{where}, so this is the CPU fallback at {training['size']} px. {FOLLOW_UP}"
+    return f"{where}, so it was trained at {training['size']} px on the CPU"
 
 
 def _describe_init(training: dict) -> str:
     used = str(training.get("init", ""))
-    return ASTRA_INIT if used.endswith(INIT_NAME) else used
+    if used.endswith(INIT_NAME):
+        return ASTRA_INIT
+    if Path(used, "card.json").is_file():  # a stage that fine-tunes an earlier checkpoint
+        earlier = json.loads(Path(used, "card.json").read_text())
+        return (
+            f"the checkpoint {earlier.get('name', used)} ({earlier['preprocessing']['size']} px,"
+            f" epoch {earlier['training'].get('epoch')}), itself from: "
+            f"{_describe_init(earlier['training'])}"
+        )
+    return used
 
 
 def step_package(args: argparse.Namespace) -> None:
@@ -200,6 +210,29 @@ def step_package(args: argparse.Namespace) -> None:
     print(f"packaged {args.out} (threshold {card.default_threshold:.3f} from the val split)")
 
 
+def step_maps(args: argparse.Namespace) -> None:
+    """Measure the CAM methods' localisation on the VALIDATION fractures' boxes; the best
+    becomes the card's map method (what the dashboard and `nextray explain` show first)."""
+    from nextray_core.checkpoint import load_checkpoint, write_card
+    from nextray_core.datasets import load_dataset, load_fracture_boxes
+    from nextray_core.explain.compare import best_method, localisation_by_method
+
+    model, card, _ = load_checkpoint(args.out)
+    index = load_dataset("fracatlas", args.fracatlas, seed=card.training.get("data_seed", 0))
+    val = index[(index["split"] == "val") & (index["label"] == 1)]
+    val = val.assign(image_id=[Path(p).name for p in val["image_path"]])
+    table = localisation_by_method(model, val, load_fracture_boxes(args.fracatlas), card.prep)
+    print(table.round(3).to_string(index=False))
+    card.extra["map_method"] = best_method(table)
+    card.extra["maps"] = {
+        "measured_on": "validation split, fractured images with boxes",
+        "selection": "highest pointing-game rate (energy share breaks ties)",
+        "table": json.loads(table.round(4).to_json(orient="records")),
+    }
+    write_card(args.out, card)
+    print(f"map method: {card.extra['map_method']}")
+
+
 def step_evaluate(args: argparse.Namespace) -> None:
     from nextray_core.engine import load_engine
 
@@ -254,11 +287,12 @@ def write_trust_reports(run_dir: Path, engine, fracatlas: Path) -> None:
 
     predictions = read_run(run_dir).predictions
     transform = eval_transform(engine.card.prep)
+    method = engine.card.extra.get("map_method", "cam")  # chosen on validation by `maps`
     maps, features = [], []
     for start in range(0, len(predictions), 32):
         paths = predictions["image_path"].iloc[start : start + 32]
         batch = torch.stack([transform(as_image_tensor(read_radiograph(p).pixels)) for p in paths])
-        explained = engine.explain(batch)
+        explained = engine.explain(batch, method)
         maps += list(explained.maps)  # input-size maps: a 5 x 5 grid would miss small boxes
         features.append(explained.pooled_features)
     frame = predictions.assign(image_id=[Path(p).name for p in predictions["image_path"]])
@@ -273,15 +307,16 @@ def write_trust_reports(run_dir: Path, engine, fracatlas: Path) -> None:
     (run_dir / "localisation.json").write_text(report.to_json(orient="records", indent=1))
     boxes = load_fracture_boxes(fracatlas)
     chance = float((boxes["width"] * boxes["height"]).mean())
-    grid = engine.card.prep.size // 32
-    coarse = f", too coarse to point at most fractures. {FOLLOW_UP}" if grid < 10 else "."
+    grid = engine.card.prep.size // (16 if method.endswith("layer3") else 32)
+    coarse = ", too coarse to point at most fractures." if grid < 10 else "."
     (run_dir / "localisation.md").write_text(
-        "# CAM localisation on the test split (fractured images with boxes)\n\n"
+        f"# CAM localisation on the test split (fractured images with boxes; map: {method}, "
+        "the method that localised best on the validation split)\n\n"
         "Pointing game: the map's peak falls inside a fracture box. Energy: the share of the "
         "map's positive mass inside the boxes. 95% Wilson intervals.\n\n"
         + markdown_table(list(report.columns), report.astype(str).values.tolist())
         + f"\n\nFor scale: a fracture box covers {chance:.1%} of its image on average, so a "
-        f"uniform map would put {chance:.1%} of its mass inside the boxes; the CAM is a "
+        f"uniform map would put {chance:.1%} of its mass inside the boxes; the map is a "
         f"{grid} x {grid} grid at this input size ({1 / grid**2:.0%} of the image per cell)"
         f"{coarse}\n"
     )
@@ -322,7 +357,13 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
-STEPS = {"init": step_init, "train": step_train, "package": step_package, "evaluate": step_evaluate}
+STEPS = {
+    "init": step_init,
+    "train": step_train,
+    "package": step_package,
+    "maps": step_maps,
+    "evaluate": step_evaluate,
+}
 
 
 def main() -> int:
