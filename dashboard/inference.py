@@ -35,7 +35,7 @@ def _explain(
     sha256: str,
     source: bytes | str,
     name: str,
-    method: str,
+    method: str | None,
     target: str,
     version: str = "",
 ) -> Answer:
@@ -48,13 +48,13 @@ def _explain(
     return replace(answer, pixels=_display_copy(answer.pixels))
 
 
-def explain_upload(data: bytes, name: str, method: str = "cam", target: str = "abnormal"):
+def explain_upload(data: bytes, name: str, method: str | None = None, target: str = "abnormal"):
     """An uploaded file's bytes -> Answer; raises ImageReadError for a bad file."""
     loaded = _checkpoint()
     return _explain(loaded[0], loaded[1], data, name, method, target)
 
 
-def explain_path(path: str, method: str = "cam", target: str = "abnormal") -> Answer:
+def explain_path(path: str, method: str | None = None, target: str = "abnormal") -> Answer:
     """A run image on disk -> Answer (ImageReadError if it is missing or unreadable)."""
     loaded = _checkpoint()
     stamp = f"{Path(path).stat().st_mtime_ns}" if Path(path).exists() else ""

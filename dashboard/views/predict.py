@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import inference, state
+from nextray_core.engine.answer import map_method
 from nextray_core.errors import NextRayError
 from nextray_core.explain import METHODS, TARGETS
 from nextray_core.index import MURA_REGIONS
@@ -32,9 +33,11 @@ region = left.selectbox("Study type", [UNKNOWN_REGION, *regions], key="predict_r
 method = middle.selectbox(
     "Map method",
     METHODS,
+    index=METHODS.index(map_method(loaded.card)),
     key="predict_method",
-    help="cam: from the same forward pass (fast). The others use pytorch-grad-cam; scorecam "
-    "runs one forward pass per feature channel (minutes on a CPU).",
+    help="Default: the method that localised best on this model's validation split (its card). "
+    "cam: from the same forward pass (fast); the others use pytorch-grad-cam (*-layer3: 2x "
+    "finer maps); scorecam runs one forward pass per feature channel (minutes on a CPU).",
 )
 target = right.radio(
     "Evidence for",

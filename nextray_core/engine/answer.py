@@ -43,14 +43,17 @@ def answer_radiograph(
     source: str | Path | bytes | BinaryIO,
     name: str | None = None,
     *,
-    method: str = "cam",
+    method: str | None = None,
     target: str = "abnormal",
 ) -> Answer:
     """Read ``source`` (raises ImageReadError for a bad file) and answer it.
 
+    ``method=None``: the map method the checkpoint's card names (chosen by measured
+    localisation on its validation split), else ``cam``.
     ``method='cam'`` runs through the engine's fast backend; pytorch-grad-cam's methods need
     gradients or hooks and run on the fp32 model (``InferenceEngine.explain``).
     """
+    method = method or map_method(engine.card)
     radiograph = read_radiograph(source, name=name, warn=False)
     label = radiograph.metadata["name"]
     notes = (colour_photo_message(label),) if radiograph.metadata.get("colour_photo") else ()
@@ -76,3 +79,8 @@ def answer_radiograph(
         notes=notes,
         metadata=dict(radiograph.metadata),
     )
+
+
+def map_method(card) -> str:
+    """The map method a checkpoint shows by default: its card's choice, else ``cam``."""
+    return str((card.extra or {}).get("map_method") or "cam")
