@@ -56,7 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, metavar="FILES_OR_FOLDERS")
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder")
     parser.add_argument("--out", required=True, type=Path, help="folder for overlays and CSV")
-    parser.add_argument("--method", default="cam", choices=METHODS, help="default: cam (fast)")
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        help="default: the checkpoint's map method (measured on its validation split), else cam",
+    )
     parser.add_argument(
         "--target",
         default="abnormal",
@@ -108,6 +112,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from nextray_core.engine import load_engine
+    from nextray_core.engine.answer import map_method
     from nextray_core.explain import faithfulness, overlay
     from nextray_core.explain.overlay import colormap_lut
     from nextray_core.predict import find_image_files, resolve_device
@@ -123,6 +128,7 @@ def run_explain(args: argparse.Namespace) -> int:
     )
     say_backend(args.checkpoint, engine)
     model, card, ood = engine.model, engine.card, engine.ood
+    args.method = args.method or map_method(card)
     if engine.ood_error:
         print(f"OOD check off: {engine.ood_error}", file=sys.stderr)
     transform = eval_transform(card.prep)
