@@ -122,12 +122,12 @@ def _rows_from_archive(root: Path) -> tuple[pd.DataFrame, dict[str, int]]:
             "should be FracAtlas's own dataset.csv (image_id, hand, leg, hip, shoulder, mixed, "
             "hardware, ...)"
         )
-    table = table.drop_duplicates("image_id").set_index("image_id")
+    flags_of = table.drop_duplicates("image_id").set_index("image_id").to_dict("index")
     on_disk = sorted(_files_on_disk(root))
     names = [Path(p).name for p in on_disk]
-    listed = [name in table.index for name in names]
+    listed = [name in flags_of for name in names]
     skipped = {
-        "missing_file": int((~table.index.isin(names)).sum()),
+        "missing_file": len(set(flags_of) - set(names)),
         "not_in_table": listed.count(False),
         "truncated": 0,
         "duplicate": 0,
@@ -145,12 +145,12 @@ def _rows_from_archive(root: Path) -> tuple[pd.DataFrame, dict[str, int]]:
             skipped["duplicate"] += 1
             continue
         seen.add(digest)
-        flags = table.loc[name]
+        flags = flags_of[name]
         kept.append({"path": path, "body_part": _body_part(flags), "hardware": flags["hardware"]})
     return pd.DataFrame(kept, columns=["path", "body_part", "hardware"]), skipped
 
 
-def _body_part(flags: pd.Series) -> str:
+def _body_part(flags: dict[str, str]) -> str:
     """dataset.csv's one-hot columns as one name: 'mixed' when flagged or when several are."""
     parts = [part for part in BODY_PARTS if flags[part].strip() == "1"]
     if flags["mixed"].strip() == "1" or len(parts) > 1:
