@@ -41,13 +41,17 @@ def _open(kind: str) -> None:
     st.session_state[known] = [*st.session_state.get(known, []), path]
     st.session_state[state.RUN if kind == "run" else state.CHECKPOINT] = path
     st.session_state[f"{kind}_other"] = ""
+    if kind == "run":
+        state.follow_run()
 
 
-def _picker(kind: str, label: str, key: str, choices: list[str]) -> None:
+def _picker(kind: str, label: str, key: str, choices: list[str], on_change=None) -> None:
     current = st.session_state.get(key)
     options = list(dict.fromkeys([*choices, *([current] if current else [])]))
     if options:
-        st.selectbox(label, options, key=key, format_func=state.short, help=current)
+        st.selectbox(
+            label, options, key=key, format_func=state.short, help=current, on_change=on_change
+        )
     else:
         st.caption(f"{label}: none yet")
     st.text_input(
@@ -64,8 +68,13 @@ def _picker(kind: str, label: str, key: str, choices: list[str]) -> None:
 def sidebar() -> None:
     with st.sidebar:
         st.caption("Research and teaching tool. **Not for clinical use.**")
-        _picker("run", "Evaluation run", state.RUN, state.run_choices())
+        # a run brings the checkpoint that scored it and that checkpoint's threshold
+        _picker("run", "Evaluation run", state.RUN, state.run_choices(), state.follow_run)
         _picker("checkpoint", "Checkpoint", state.CHECKPOINT, state.checkpoint_choices())
+        note = state.pairing_note()
+        if note is not None:
+            paired, text = note
+            (st.caption if paired else st.warning)(text)
         st.slider(
             f"Threshold: {state.class_names()[1]} if probability ≥",
             min_value=0.0,

@@ -20,9 +20,8 @@ import streamlit as st
 from nextray_core.checkpoint import ModelCard, read_card
 from nextray_core.engine import InferenceEngine, load_engine
 from nextray_core.errors import NextRayError
-from nextray_core.metrics import metric_table
+from nextray_core.metrics import metric_table, study_table
 from nextray_core.ood import OodModel
-from nextray_core.predict import study_table
 from nextray_core.runs import Run, is_run, read_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,24 +86,88 @@ def init_session() -> None:
 
 
 def _run_checkpoint(run_path: str, *candidates: str | None) -> str | None:
-    """The checkpoint that scored the run (same weights' SHA-256): where run.json says it was,
-    else one of ``candidates`` (the demo after a clone moved it); None if none is here."""
-    run = get_run(run_path)
-    entries = (run.meta.get("checkpoints") or []) if run else []
-    wanted = {entry.get("weights_sha256") for entry in entries}
-    for path in [*(entry.get("path") for entry in entries), *candidates]:
+    """The checkpoint that scored the run (same weights' SHA-256): one of ``candidates`` (the
+    ones this session knows, the demo), else where run.json says it was; None if none is here.
+    """
+    wanted = _scorers(run_path)
+    entries = (get_run(run_path).meta.get("checkpoints") or []) if wanted else []
+    for path in [*candidates, *(entry.get("path") for entry in entries)]:
         card = get_card(path) if path and (Path(path) / "card.json").is_file() else None
         if card is not None and card.weights_sha256 in wanted:
             return str(Path(path).resolve())
     return None
 
 
+def _scorers(run_path: str | None) -> dict[str, str]:
+    """{weights SHA-256: checkpoint name} of the checkpoints that scored the run."""
+    run = get_run(run_path) if run_path else None
+    entries = (run.meta.get("checkpoints") or []) if run else []
+    return {e.get("weights_sha256"): e.get("name", "?") for e in entries if e.get("weights_sha256")}
+
+
 def _default_threshold(run_path: str | None, checkpoint_path: str | None) -> float:
-    run = get_run(run_path)
+    """The card's threshold when that checkpoint alone scored the run, else the run's own
+    (an ensemble's), else the card's, else 0.5."""
+    run, card = get_run(run_path), get_card(checkpoint_path)
+    scorers = _scorers(run_path)
+    if card is not None and len(scorers) == 1 and card.weights_sha256 in scorers:
+        return float(card.default_threshold)
     if run is not None and "default_threshold" in run.meta:
         return float(run.default_threshold)
-    card = get_card(checkpoint_path)
     return float(card.default_threshold) if card else 0.5
+
+
+def follow_run() -> None:
+    """Callback of a run change: serve the run with the checkpoint that scored it and that
+    checkpoint's threshold. When that checkpoint is not here, the current one stays and the
+    sidebar says so (``pairing_note``)."""
+    state = st.session_state
+    run_path = state.get(RUN)
+    if not run_path:
+        return
+    match = _run_checkpoint(run_path, *checkpoint_choices())
+    if match:
+        state[CHECKPOINT] = match
+        state["known_checkpoints"] = list(
+            dict.fromkeys([*state.get("known_checkpoints", []), match])
+        )
+    state[THRESHOLD] = _default_threshold(run_path, state.get(CHECKPOINT))
+
+
+def default_threshold() -> float:
+    """The session's honest threshold: the scoring checkpoint's card's (see _default_threshold)."""
+    return _default_threshold(st.session_state.get(RUN), st.session_state.get(CHECKPOINT))
+
+
+def run_is_paired() -> bool:
+    """Whether the session's checkpoint is one that scored the session's run."""
+    note = pairing_note()
+    return note is not None and note[0]
+
+
+def pairing_note() -> tuple[bool, str] | None:
+    """(paired, what to say) about the session's run and checkpoint; None without both."""
+    run_path, card = st.session_state.get(RUN), get_card()
+    scorers = _scorers(run_path)
+    if card is None or not scorers:
+        return None
+    if card.weights_sha256 in scorers:
+        return True, f"Model **{card.name}** scored this run."
+    missing = _run_checkpoint(run_path, *checkpoint_choices()) is None
+    why = "its own checkpoint is not on this machine" if missing else "chosen in the sidebar"
+    return False, (
+        f"This run was scored by **{', '.join(scorers.values())}**; the model shown is "
+        f"**{card.name}** ({why}): its maps on Errors and Teaching are not the maps of the "
+        "model that scored the run."
+    )
+
+
+def threshold_source(card: ModelCard | None) -> str | None:
+    """How the card's default threshold was chosen, as the card records it (None if it does not)."""
+    if card is None:
+        return None
+    release = card.extra.get("release") or {}
+    return release.get("threshold") or card.training.get("threshold")
 
 
 def run_choices() -> list[str]:

@@ -28,7 +28,7 @@ _EXPORTS = {
     "ReleasePolicy": "nextray_core.release",
     "predict_index": "nextray_core.predict",
     "predict_files": "nextray_core.predict",
-    "study_table": "nextray_core.predict",
+    "study_table": "nextray_core.metrics",
     "metric_table": "nextray_core.metrics",
     "read_run": "nextray_core.runs",
     "write_run": "nextray_core.runs",

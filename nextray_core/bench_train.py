@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nextray_core.hardware import device_name
 from nextray_core.model import build_model
-from nextray_core.train import Runtime, resolve_device
+from nextray_core.train_device import Runtime, resolve_device
 
 
 def count_train_flops(arch: str, size: int, freeze_layers: int) -> tuple[float, float]:

@@ -15,6 +15,7 @@ AUC; no predicted positives means no precision) are NaN, never an exception.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 
@@ -85,6 +86,23 @@ def point_metrics(labels: np.ndarray, probability: np.ndarray, threshold: float)
     result["kappa"] = float(kappa)
     result["auc"] = float("nan") if one_class else float(roc_auc_score(labels, probability))
     return result
+
+
+def study_table(image_rows: pd.DataFrame, *, probability: str = "probability") -> pd.DataFrame:
+    """One row per study: its probability is the mean of its views' (NaN views skipped).
+
+    The one definition of "a study is the mean of its views" (the MURA convention), used by
+    training's validation, evaluation runs and the dashboard. Columns: study_id, patient_id,
+    region, label, split (when present), n_views (views with a probability), probability and
+    the per-member columns (``prob_0``, ...) averaged the same way.
+    """
+    first = [c for c in ("patient_id", "region", "label", "split") if c in image_rows.columns]
+    averaged = [c for c in image_rows.columns if re.fullmatch(r"prob_\d+", c)] + [probability]
+    grouped = image_rows.groupby("study_id", sort=False)
+    studies = grouped[first].first()
+    studies["n_views"] = grouped[probability].count()
+    studies[averaged] = grouped[averaged].mean()
+    return studies.reset_index()
 
 
 def cluster_weights(

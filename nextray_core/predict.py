@@ -25,32 +25,17 @@ from tqdm.auto import tqdm
 from nextray_core.checkpoint import ModelCard
 from nextray_core.engine import InferenceEngine, build_engine
 from nextray_core.errors import ConfigError, DatasetError, NextRayError
+from nextray_core.hardware import resolve_device as resolve_device  # re-exported
 from nextray_core.imaging import SUPPORTED_SUFFIXES
 from nextray_core.index import INDEX_COLUMNS, MURA_REGIONS, UNKNOWN_LABEL
 from nextray_core.loader import RadiographDataset
+from nextray_core.metrics import study_table as study_table  # re-exported
 from nextray_core.transforms import Preprocessing, eval_transform
 
 Member = tuple[InferenceEngine | nn.Module, ModelCard]
 COMBINE_RULES: tuple[str, ...] = ("mean", "vote")
 UNKNOWN_REGION = "unknown"
 _MURA_STUDY = re.compile(r"^study\d+_(positive|negative)$")
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU; a CUDA device that is not there is an error."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available; use cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return device
 
 
 def member_columns(n_members: int) -> list[str]:
@@ -284,18 +269,3 @@ def predict_files(
         workers=workers,
         on_error="report",
     )
-
-
-def study_table(image_rows: pd.DataFrame, *, probability: str = "probability") -> pd.DataFrame:
-    """One row per study: its probability is the mean of its views' (NaN views skipped).
-
-    Columns: study_id, patient_id, region, label, split (when present), n_views (views with a
-    probability), probability and the per-member columns averaged the same way.
-    """
-    first = [c for c in ("patient_id", "region", "label", "split") if c in image_rows.columns]
-    averaged = [c for c in image_rows.columns if re.fullmatch(r"prob_\d+", c)] + [probability]
-    grouped = image_rows.groupby("study_id", sort=False)
-    studies = grouped[first].first()
-    studies["n_views"] = grouped[probability].count()
-    studies[averaged] = grouped[averaged].mean()
-    return studies.reset_index()

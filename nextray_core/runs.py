@@ -31,7 +31,7 @@ from nextray_core import curves, metrics
 from nextray_core.checkpoint import ModelCard
 from nextray_core.errors import ConfigError, DatasetError
 from nextray_core.index import INDEX_COLUMNS
-from nextray_core.predict import study_table
+from nextray_core.metrics import study_table
 
 RUN_FORMAT = "nextray-run/1"
 PREDICTIONS_FILE = "predictions.csv"

@@ -1,16 +1,23 @@
 """Training: plain functions (``train_one_epoch``, ``evaluate``, ``fit``) in the spirit of
 torchvision's classification reference script, with DDP under torchrun.
 
-Reproducibility is built in rather than bolted on: the shuffling order is a function of
-(seed, epoch) (``DistributedSampler``) and every image's augmentation a function of
-(seed, epoch, image), whatever the number of workers or processes. The global RNGs then drive
-only dropout, so saving them at a step boundary and skipping the batches already done makes
-``--resume`` continue bit for bit, from an epoch end or from a Ctrl-C in mid-epoch (on a GPU
-only with ``--deterministic``, as cuDNN's fastest kernels are not deterministic).
+``fit`` is a few named steps over small modules: ``_prepare`` (data, model, optimizer and
+loaders), ``_restore`` (a ``--resume``), ``_run_epoch`` (train, validate, log, keep the best)
+and ``_save_last`` (the resume point). The device and processes live in train_device, the
+data in train_data, one epoch and validation in train_loop, the resume files in train_state.
+
+Reproducibility is built in rather than bolted on: the shuffling and every image's augmentation
+are functions of the seed (train_data), the global RNGs then drive only dropout, so saving them
+at a step boundary and skipping the batches already done makes ``--resume`` continue bit for bit,
+from an epoch end or from a Ctrl-C in mid-epoch (on a GPU only with ``--deterministic``, as
+cuDNN's fastest kernels are not deterministic). A resume needs the same number of processes.
 
 Speed: bf16 autocast, channels-last, optional ``torch.compile``, the decoded uint8 image cache,
 worker processes, pinned memory and non-blocking copies. Ctrl-C (or SIGTERM) asks the loop to
 stop at the next step boundary, where it saves ``OUT/last`` with the resume state.
+
+Training never imports the inference engine: the release step (threshold, OOD statistics, the
+engine's calibration sample) completes a checkpoint after training.
 """
 
 from __future__ import annotations
@@ -18,14 +25,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import sys
-import threading
-import time
-from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,359 +34,61 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
 
 from nextray_core import train_state
-from nextray_core.checkpoint import (
-    EXTRA_PREFIX,
-    ModelCard,
-    load_tensors,
-    save_checkpoint,
-)
+from nextray_core.checkpoint import EXTRA_PREFIX, ModelCard, load_tensors, save_checkpoint
 from nextray_core.config import TrainConfig
-from nextray_core.engine.calibration import calibration_tensors
-from nextray_core.errors import ConfigError, DatasetError, NextRayError
+from nextray_core.errors import ConfigError
 from nextray_core.hardware import device_name
-from nextray_core.loader import RadiographDataset, build_cache
 from nextray_core.model import build_model, describe_freeze
-from nextray_core.transforms import Preprocessing, eval_transform, train_transform
+from nextray_core.train_data import (
+    EpochSampler,
+    Loaders,
+    SeededAugmentation,
+    build_loaders,
+    data_summary,
+    loss_weights,
+    split_frames,
+    weighted_bce,
+)
+from nextray_core.train_device import Runtime, resolve_device, setup_distributed
+from nextray_core.train_loop import (
+    EpochProgress,
+    StepHook,
+    StopRequest,
+    TrainingDivergedError,
+    evaluate,
+    selection_score,
+    train_one_epoch,
+    validation_metrics,
+)
+from nextray_core.transforms import Preprocessing
+
+__all__ = [
+    "CONFIG_FILE",
+    "LOG_FILE",
+    "EpochProgress",
+    "EpochSampler",
+    "FitResult",
+    "Runtime",
+    "SeededAugmentation",
+    "StopRequest",
+    "TrainingDivergedError",
+    "evaluate",
+    "fit",
+    "loss_weights",
+    "resolve_device",
+    "selection_score",
+    "setup_distributed",
+    "split_frames",
+    "train_one_epoch",
+    "validation_metrics",
+    "weighted_bce",
+]
 
 LOG_FILE = "train_log.jsonl"
 CONFIG_FILE = "config.json"
-StepHook = Callable[[int, int, float], None]
-
-
-class TrainingDivergedError(NextRayError, FloatingPointError):
-    """The loss became NaN or infinite; the message names the epoch, step, lr and precision."""
-
-
-# ---------------------------------------------------------------- devices and processes
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how steps run: device, precision, memory format, this process's rank."""
-
-    device: torch.device
-    precision: str = "fp32"
-    channels_last: bool = False
-    rank: int = 0
-    world_size: int = 1
-    show_progress: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def autocast(self):
-        if self.precision != "bf16":
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-    def to_device(self, images: torch.Tensor) -> torch.Tensor:
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return images.to(self.device, non_blocking=True, memory_format=fmt)
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return device
-
-
-def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the torchrun process group (env://) when there is one.
-
-    NCCL on CUDA, gloo on the CPU. Without torchrun this is a single process of rank 0.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    resolved = resolve_device(device, local_rank)
-    if world > 1 and not dist.is_initialized():
-        if resolved.type == "cuda":
-            torch.cuda.set_device(resolved)
-        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo", init_method="env://")
-    return rank, world, resolved
-
-
-# ---------------------------------------------------------------- data
-class EpochSampler(DistributedSampler):
-    """DistributedSampler that yields (epoch, position) and can skip batches already trained."""
-
-    def __init__(self, dataset: Dataset, *, rank: int, world_size: int, seed: int) -> None:
-        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        self.skip = 0
-
-    def set_position(self, epoch: int, skip: int = 0) -> None:
-        self.set_epoch(epoch)
-        self.skip = skip
-
-    def __iter__(self):
-        return iter([(self.epoch, p) for p in list(super().__iter__())[self.skip :]])
-
-    def __len__(self) -> int:
-        return max(0, self.num_samples - self.skip)
-
-
-class SeededAugmentation(Dataset):
-    """Augment item ``position`` in ``epoch`` under a seed derived from (seed, epoch, position)."""
-
-    def __init__(self, base: RadiographDataset, seed: int) -> None:
-        self.base, self.seed = base, seed
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, position = key
-        seed = int(np.random.SeedSequence([self.seed, epoch, position]).generate_state(1)[0])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.base[position]
-
-
-def _ignore_sigint(_: int) -> None:
-    # Workers keep serving batches on Ctrl-C; the main process stops at a step boundary.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def split_frames(
-    index: pd.DataFrame, regions: tuple[str, ...]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The labelled 'train' and 'val' rows, restricted to ``regions`` when given."""
-    if regions:
-        present = sorted(index["region"].unique())
-        unknown = sorted(set(regions) - set(present))
-        if unknown:
-            raise DatasetError(f"--regions {unknown} not in this dataset; it has {present}")
-        index = index[index["region"].isin(regions)]
-    labelled = index[index["label"].isin([0, 1])]
-    frames = []
-    for split in ("train", "val"):
-        frame = labelled[labelled["split"] == split].reset_index(drop=True)
-        if frame.empty:
-            raise DatasetError(
-                f"no labelled images in the '{split}' split"
-                + (f" for regions {list(regions)}" if regions else "")
-                + "; training needs both 'train' and 'val' rows in the index"
-            )
-        frames.append(frame)
-    return frames[0], frames[1]
-
-
-def loss_weights(train: pd.DataFrame, frame: pd.DataFrame, loss: str) -> torch.Tensor | None:
-    """Per row of ``frame``: [weight if normal, weight if abnormal], or None for plain BCE.
-
-    Counted over TRAINING studies, per study type ('type-weighted', the MURA paper) or over all
-    of them ('class-weighted'): w_abnormal = N / (A + N), w_normal = A / (A + N).
-    """
-    if loss == "bce":
-        return None
-    studies = train.drop_duplicates("study_id")
-    key = studies["region"] if loss == "type-weighted" else pd.Series("all", index=studies.index)
-
-    def pair(labels: pd.Series) -> tuple[float, float]:
-        abnormal, normal = int((labels == 1).sum()), int((labels == 0).sum())
-        return abnormal / (abnormal + normal), normal / (abnormal + normal)
-
-    overall = pair(studies["label"])
-    per_key = {k: pair(group) for k, group in studies["label"].groupby(key)}
-    rows = frame["region"] if loss == "type-weighted" else pd.Series("all", index=frame.index)
-    return torch.tensor([per_key.get(r, overall) for r in rows], dtype=torch.float32)
-
-
-def weighted_bce(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    positions: torch.Tensor,
-    weights: torch.Tensor | None,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    weight = None
-    if weights is not None:
-        pair = weights[positions.cpu()].to(logits.device, non_blocking=True)
-        weight = torch.where(labels > 0.5, pair[:, 1], pair[:, 0])
-    return F.binary_cross_entropy_with_logits(logits, labels, weight=weight, reduction=reduction)
-
-
-# ---------------------------------------------------------------- one epoch, evaluation
-@dataclass
-class EpochProgress:
-    """Where an epoch stands; updated in place so an interrupted epoch can be saved."""
-
-    epoch: int
-    step: int = 0
-    loss_sum: float = 0.0
-    seen: int = 0
-    seconds: float = 0.0
-    busy: bool = False  # True while weights/optimizer/schedule are mid-update
-
-
-class StopRequest:
-    """Ctrl-C / SIGTERM handler: the first asks for a stop at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested:
-            raise KeyboardInterrupt  # second request: stop at once, nothing saved
-        self.requested = True
-        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
-
-
-def _any_rank(flags: list[bool], runtime: Runtime) -> list[bool]:
-    if runtime.world_size == 1:
-        return flags
-    tensor = torch.tensor([float(f) for f in flags], device=runtime.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in tensor.tolist()]
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    runtime: Runtime,
-    progress: EpochProgress,
-    *,
-    weights: torch.Tensor | None = None,
-    stop: StopRequest | None = None,
-    on_step: StepHook | None = None,
-    desc: str = "",
-) -> EpochProgress:
-    """Train over ``loader`` (its remaining batches), updating ``progress`` after every step."""
-    model.train()
-    started = time.perf_counter() - progress.seconds
-    bar = tqdm(
-        loader,
-        desc=desc,
-        unit="batch",
-        initial=progress.step,
-        total=progress.step + len(loader),
-        disable=None if runtime.show_progress and runtime.is_main else True,
-    )
-    for images, labels, positions in bar:
-        progress.busy = True
-        labels = labels.to(runtime.device, non_blocking=True)
-        with runtime.autocast():
-            logits = model(runtime.to_device(images)).squeeze(1)
-        loss = weighted_bce(logits.float(), labels, positions, weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = loss.item()
-        diverged, stopping = _any_rank(
-            [not math.isfinite(value), stop is not None and stop.requested], runtime
-        )
-        if diverged:
-            raise TrainingDivergedError(
-                f"the training loss became {value} at epoch {progress.epoch + 1}, step "
-                f"{progress.step + 1}: lower the learning rate (--lr, now "
-                f"{optimizer.param_groups[0]['lr']:g}) or train in --precision fp32 (now "
-                f"{runtime.precision}); the last saved state is that of the previous epoch"
-            )
-        progress.step += 1
-        progress.loss_sum += value * len(labels)
-        progress.seen += len(labels)
-        progress.seconds = time.perf_counter() - started
-        progress.busy = False
-        rate = progress.seen * runtime.world_size / max(progress.seconds, 1e-9)
-        bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}", refresh=False)
-        if stopping:
-            raise KeyboardInterrupt
-        if on_step is not None:
-            on_step(progress.epoch, progress.step, value)
-    bar.close()
-    return progress
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: DataLoader,
-    runtime: Runtime,
-    *,
-    weights: torch.Tensor | None = None,
-    study_ids: list[str] | None = None,
-) -> dict[str, float]:
-    """Validation loss, AUC and kappa (at 0.5), per image and per study (mean of its views).
-
-    Under DDP each rank scores its shard and the shards are gathered (duplicates from the
-    sampler's padding dropped), so every rank gets the same numbers.
-    """
-    model.eval()
-    chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    for images, labels, positions in loader:
-        with runtime.autocast():
-            logits = model(runtime.to_device(images)).squeeze(1)
-        chunks.append((positions, logits.float(), labels))
-    positions = torch.cat([c[0] for c in chunks]).numpy()
-    logits = torch.cat([c[1] for c in chunks]).cpu().numpy()
-    labels = torch.cat([c[2] for c in chunks]).numpy()
-    if runtime.world_size > 1:
-        gathered: list[Any] = [None] * runtime.world_size
-        dist.all_gather_object(gathered, (positions, logits, labels))
-        positions, logits, labels = (np.concatenate(parts) for parts in zip(*gathered, strict=True))
-    positions, first = np.unique(positions, return_index=True)
-    logits, labels = logits[first], labels[first]
-    return validation_metrics(logits, labels, positions, weights=weights, study_ids=study_ids)
-
-
-def _auc_kappa(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
-    if len(np.unique(labels)) < 2:
-        return math.nan, math.nan  # undefined with one class
-    kappa = float(cohen_kappa_score(labels.astype(int), (probs >= 0.5).astype(int)))
-    return float(roc_auc_score(labels, probs)), kappa
-
-
-def validation_metrics(
-    logits: np.ndarray,
-    labels: np.ndarray,
-    positions: np.ndarray,
-    *,
-    weights: torch.Tensor | None = None,
-    study_ids: list[str] | None = None,
-) -> dict[str, float]:
-    losses = weighted_bce(
-        torch.from_numpy(logits), torch.from_numpy(labels), torch.from_numpy(positions),
-        weights, reduction="none",
-    )  # fmt: skip
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    auc, kappa = _auc_kappa(labels, probs)
-    metrics = {"loss": float(losses.mean()), "auc": auc, "kappa": kappa, "images": len(labels)}
-    if study_ids is not None:
-        frame = pd.DataFrame(
-            {"study": np.asarray(study_ids)[positions], "prob": probs, "label": labels}
-        )
-        studies = frame.groupby("study").agg(prob=("prob", "mean"), label=("label", "max"))
-        study_auc, study_kappa = _auc_kappa(studies["label"].to_numpy(), studies["prob"].to_numpy())
-        metrics |= {"study_auc": study_auc, "study_kappa": study_kappa, "studies": len(studies)}
-    return metrics
-
-
-def selection_score(metrics: dict[str, float], select: str) -> float:
-    """Higher is better; NaN (e.g. AUC with one class) counts as worst."""
-    value = {"loss": -metrics["loss"], "kappa": metrics.get("study_kappa", metrics["kappa"]),
-             "auc": metrics.get("study_auc", metrics["auc"])}[select]  # fmt: skip
-    return -math.inf if not math.isfinite(value) else float(value)
 
 
 # ---------------------------------------------------------------- the whole run
@@ -396,6 +99,283 @@ class FitResult:
     last_dir: Path
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Session:
+    """What one training run holds between its steps."""
+
+    config: TrainConfig
+    out_dir: Path
+    runtime: Runtime
+    val: pd.DataFrame
+    data: dict
+    train_weights: torch.Tensor | None
+    val_weights: torch.Tensor | None
+    raw: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loaders: Loaders
+    position: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    model: nn.Module | None = None  # raw, DDP-wrapped and/or compiled: what train steps call
+    eval_model: nn.Module | None = None
+
+    def say(self, *args: Any, **kwargs: Any) -> None:
+        if self.runtime.is_main:
+            print(*args, **{"flush": True, **kwargs})
+
+
+def fit(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    index: pd.DataFrame | None = None,
+    on_step: StepHook | None = None,
+) -> FitResult:
+    """Train per ``config``, writing ``OUT/best``, ``OUT/last``, the log and the config.
+
+    ``index`` replaces loading ``config.data`` (tests, notebooks). ``on_step(epoch, step,
+    loss)`` runs after every optimizer step; raising KeyboardInterrupt there acts as Ctrl-C.
+    """
+    rank, world, device = setup_distributed(config.device)
+    runtime = Runtime(device, config.precision, config.channels_last, rank, world, config.progress)
+    try:
+        return _fit(config, Path(out_dir), resume, index, on_step, runtime)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _fit(
+    config: TrainConfig,
+    out_dir: Path,
+    resume: bool,
+    index: pd.DataFrame | None,
+    on_step: StepHook | None,
+    runtime: Runtime,
+) -> FitResult:
+    state = _read_resume(out_dir, runtime) if resume else None
+    if state is None and any((out_dir / name).exists() for name in ("last", "best")):
+        raise ConfigError(
+            f"{out_dir} already holds a training run; continue it with --resume {out_dir} "
+            "or choose a new --out folder"
+        )
+    session = _prepare(config, out_dir, index, runtime)
+    if state is not None:
+        _restore(session, state)
+    _distribute(session)
+    if runtime.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        train_state.write_log(out_dir / LOG_FILE, session.history)
+
+    start = session.position["epoch"]
+    if start >= config.epochs:
+        session.say(f"all {start} epochs are done; pass a larger --epochs to train on")
+    progress = EpochProgress(start)
+    with StopRequest() as stop:
+        try:
+            for epoch in range(start, config.epochs):
+                progress = EpochProgress(epoch)
+                _run_epoch(session, progress, stop, on_step)
+        except KeyboardInterrupt:
+            _stop(session, progress)
+            raise
+    position = session.position
+    return FitResult(out_dir, out_dir / "best", out_dir / "last", position["best_epoch"],
+                     session.history)  # fmt: skip
+
+
+def _read_resume(out_dir: Path, runtime: Runtime) -> dict[str, Any]:
+    """The resume state, refused when it was written by another number of processes."""
+    state = train_state.read_resume_files(train_state.find_last(out_dir))
+    # older runs did not record it; they kept one RNG state per process
+    saved = int(state["position"].get("world_size", len(state["rng"])))
+    if saved != runtime.world_size:
+        raise ConfigError(
+            f"{out_dir} was trained by {saved} process(es) and is resumed by "
+            f"{runtime.world_size}: the data shards, the batches already done and the RNG states "
+            f"are per process, so an exact resume needs the same count. Resume with {saved} "
+            f"process(es) in all (torchrun's --nnodes x --nproc-per-node = {saved}), or start a "
+            f"new run from these weights with --init {out_dir / 'last'} --out NEW_FOLDER"
+        )
+    return state
+
+
+def _prepare(
+    config: TrainConfig, out_dir: Path, index: pd.DataFrame | None, runtime: Runtime
+) -> _Session:
+    """Step 1: the data, the model, the optimizer and schedule, and the loaders."""
+    if runtime.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not config.deterministic
+    if config.deterministic:  # bit-exact GPU resumes need this; the CPU is exact without it
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    kind = config.kind
+    if index is None:
+        from nextray_core.datasets import detect_dataset_kind, load_dataset
+
+        if not config.data:
+            raise ConfigError("no dataset given: pass --data PATH")
+        kind = detect_dataset_kind(config.data) if kind == "auto" else kind
+        index = load_dataset(kind, config.data, seed=config.data_seed)
+    train, val = split_frames(index, config.regions)
+
+    _seed_everything(config.seed + runtime.rank)
+    raw = build_model(
+        config.arch, init=config.init, dropout=config.dropout, freeze_layers=config.freeze_layers
+    )
+    raw.to(runtime.device)
+    if config.channels_last:
+        raw.to(memory_format=torch.channels_last)
+    params = [p for p in raw.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(
+        params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+    session = _Session(
+        config=config,
+        out_dir=out_dir,
+        runtime=runtime,
+        val=val,
+        data=data_summary(config, kind, train, val),
+        train_weights=loss_weights(train, train, config.loss),
+        val_weights=loss_weights(train, val, config.loss),
+        raw=raw,
+        optimizer=optimizer,
+        scheduler=_build_scheduler(config, optimizer),
+        loaders=build_loaders(config, train, val, runtime),
+        position={**_start_of(0), "best_score": None, "best_epoch": 0},
+    )
+    session.say(
+        f"{config.arch}: {describe_freeze(raw)}; {len(train)} train / {len(val)} val images"
+    )
+    return session
+
+
+def _restore(session: _Session, state: dict[str, Any]) -> None:
+    """Step 2 (``--resume``): weights, optimizer, schedule, position, RNGs and the log."""
+    _, tensors = load_tensors(train_state.find_last(session.out_dir))  # verified against its card
+    session.raw.load_state_dict(
+        {k: v.to(session.runtime.device) for k, v in tensors.items()
+         if not k.startswith(EXTRA_PREFIX)}
+    )  # fmt: skip
+    session.optimizer.load_state_dict(state["optimizer_state"])  # moves the state to the params
+    if session.scheduler is not None:
+        session.scheduler.load_state_dict(state["scheduler"])
+    session.position = state["position"]
+    train_state.restore_rng(state["rng"][session.runtime.rank])
+    log = session.out_dir / LOG_FILE
+    session.history = train_state.read_log(log, upto=session.position["epoch"])
+
+
+def _distribute(session: _Session) -> None:
+    """DDP across processes and ``torch.compile``, over the (restored) raw model."""
+    config, raw, world = session.config, session.raw, session.runtime.world_size
+    core = nn.parallel.DistributedDataParallel(raw) if world > 1 else raw
+    session.model = torch.compile(core) if config.compile else core
+    compiled_raw = torch.compile(raw) if config.compile else raw
+    session.eval_model = session.model if world == 1 else compiled_raw
+
+
+def _run_epoch(
+    session: _Session, progress: EpochProgress, stop: StopRequest, on_step: StepHook | None
+) -> None:
+    """Step 3: train one epoch (or its rest), validate, log, keep the best, save the last."""
+    config, runtime, epoch = session.config, session.runtime, progress.epoch
+    position = session.position
+    if position["epoch"] == epoch:  # resuming inside this epoch
+        for name in ("step", "loss_sum", "seen", "seconds"):
+            setattr(progress, name, position[name])
+    session.loaders.sampler.set_position(epoch, progress.step * config.batch_size)
+    lr = session.optimizer.param_groups[0]["lr"]
+    train_one_epoch(
+        session.model, session.loaders.train, session.optimizer, runtime, progress,
+        weights=session.train_weights, stop=stop, on_step=on_step,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+    )  # fmt: skip
+    progress.busy = True  # evaluation, schedule and saves: no exact stop point
+    metrics = evaluate(
+        session.eval_model, session.loaders.val, runtime, weights=session.val_weights,
+        study_ids=session.val["study_id"].tolist(),
+    )  # fmt: skip
+    if session.scheduler is not None:
+        args = (metrics["loss"],) if config.scheduler == "plateau" else ()
+        session.scheduler.step(*args)
+    totals = torch.tensor([progress.loss_sum, progress.seen], dtype=torch.float64)
+    if runtime.world_size > 1:
+        totals = totals.to(runtime.device)
+        dist.all_reduce(totals)
+    loss_sum, seen = totals.tolist()
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / max(seen, 1),
+        **{f"val_{k}": _json_safe(v) for k, v in metrics.items()},
+        "lr": lr,
+        "images_per_s": seen / max(progress.seconds, 1e-9),
+        "seconds": progress.seconds,
+    }
+    session.history.append(row)
+    score = selection_score(metrics, config.select)
+    best = position["best_score"]
+    improved = best is None or score > best
+    session.position = {
+        **_start_of(epoch + 1),
+        "best_score": score if improved else best,
+        "best_epoch": epoch + 1 if improved else position["best_epoch"],
+    }
+    if runtime.is_main:
+        train_state.append_log(session.out_dir / LOG_FILE, row)
+        session.say(_describe(row, improved))
+        if improved:
+            card = _card(session, epoch + 1, metrics)
+            train_state.swap_in(
+                lambda tmp: save_checkpoint(session.raw, tmp, card), session.out_dir / "best"
+            )
+    _save_last(session, epoch + 1, metrics, session.position)
+
+
+def _save_last(session: _Session, epoch_done: int, metrics: dict | None, position: dict) -> None:
+    """Step 4: ``OUT/last``, the weights plus everything an exact ``--resume`` needs."""
+    runtime = session.runtime
+    rng = [train_state.capture_rng()]
+    if runtime.world_size > 1:
+        rng = [None] * runtime.world_size
+        dist.all_gather_object(rng, train_state.capture_rng())
+    if runtime.is_main:
+
+        def write(tmp: Path) -> None:
+            save_checkpoint(session.raw, tmp, _card(session, epoch_done, metrics))
+            train_state.write_resume_files(
+                tmp,
+                optimizer_state=session.optimizer.state_dict(),
+                scheduler_state=session.scheduler.state_dict() if session.scheduler else None,
+                position={**position, "world_size": runtime.world_size},
+                rng=rng,
+            )
+
+        train_state.swap_in(write, session.out_dir / "last")
+    if runtime.world_size > 1:
+        dist.barrier()
+
+
+def _stop(session: _Session, progress: EpochProgress) -> None:
+    """Ctrl-C: save the position inside the epoch when it stopped at a step boundary."""
+    out_dir = session.out_dir
+    if progress.busy:
+        session.say(f"stopped at once; the state of epoch {progress.epoch} is in {out_dir}/last")
+        return
+    inside = {name: getattr(progress, name) for name in ("step", "loss_sum", "seen", "seconds")}
+    _save_last(
+        session, progress.epoch, None, {**session.position, "epoch": progress.epoch, **inside}
+    )
+    session.say(
+        f"interrupted in epoch {progress.epoch + 1} after step {progress.step}; saved "
+        f"{out_dir / 'last'}. Continue with: nextray train --resume {out_dir}",
+        file=sys.stderr,
+    )
 
 
 def _seed_everything(seed: int) -> None:
@@ -418,50 +398,8 @@ def _build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
     return None
 
 
-def _loaders(config: TrainConfig, train: pd.DataFrame, val: pd.DataFrame, runtime: Runtime):
-    prep = Preprocessing(size=config.size)
-    caches: list[np.ndarray | None] = [None, None]
-    if config.cache_dir:
-        for turn in ("main", "others"):  # rank 0 builds, the others then reuse
-            if (turn == "main") == runtime.is_main:
-                caches = [
-                    build_cache(frame["image_path"].tolist(), config.size, config.cache_dir)
-                    for frame in (train, val)
-                ]
-            if runtime.world_size > 1:
-                dist.barrier()
-    augment = train_transform(
-        prep,
-        hflip=config.hflip,
-        rotation=config.rotation,
-        crop_scale=config.crop_scale,
-        contrast=config.contrast,
-        erase=config.erase,
-    )
-    train_set = SeededAugmentation(RadiographDataset(train, augment, cache=caches[0]), config.seed)
-    val_set = RadiographDataset(val, eval_transform(prep), cache=caches[1])
-    sampler = EpochSampler(
-        train_set, rank=runtime.rank, world_size=runtime.world_size, seed=config.seed
-    )
-    val_sampler = DistributedSampler(
-        val_set, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=False
-    )
-    common = {
-        "num_workers": config.workers,
-        "pin_memory": runtime.device.type == "cuda",
-        "persistent_workers": config.workers > 0,
-        "worker_init_fn": _ignore_sigint if config.workers > 0 else None,
-        # seeds only the workers; augmentation is seeded per item by SeededAugmentation
-        "generator": torch.Generator().manual_seed(config.seed),
-    }
-    train_loader = DataLoader(train_set, config.batch_size, sampler=sampler, **common)
-    val_loader = DataLoader(val_set, 2 * config.batch_size, sampler=val_sampler, **common)
-    return train_loader, val_loader, sampler
-
-
-def _card(
-    config: TrainConfig, epoch: int, metrics: dict | None, data: dict, runtime: Runtime
-) -> ModelCard:
+def _card(session: _Session, epoch: int, metrics: dict | None) -> ModelCard:
+    config, runtime = session.config, session.runtime
     # what it ran on, resolved ("device": "auto" alone does not say); a resumed run records
     # the machine that wrote this epoch
     training = {
@@ -473,7 +411,7 @@ def _card(
         "processes": runtime.world_size,
     }
     licence = {}
-    if data.get("kind") == "mura":
+    if session.data.get("kind") == "mura":
         licence["data"] = (
             "trained on Stanford MURA v1.1 under its research-use agreement (personal, "
             "non-commercial research); check it before sharing these weights"
@@ -484,7 +422,7 @@ def _card(
         preprocessing=Preprocessing(size=config.size).to_dict(),
         dropout=config.dropout,
         training=training,
-        data=data,
+        data=session.data,
         metrics={
             "val": {k: _json_safe(v) for k, v in metrics.items()},
             "selected_by": config.select,
@@ -495,209 +433,8 @@ def _card(
     )
 
 
-def _data_summary(config: TrainConfig, kind: str, train: pd.DataFrame, val: pd.DataFrame) -> dict:
-    return {
-        "kind": kind,
-        "root": str(config.data),
-        "regions": sorted(train["region"].unique()),
-        "train_images": len(train),
-        "train_studies": int(train["study_id"].nunique()),
-        "val_images": len(val),
-        "val_studies": int(val["study_id"].nunique()),
-        "selection_split": "val",
-    }
-
-
 def _json_safe(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def fit(
-    config: TrainConfig,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    index: pd.DataFrame | None = None,
-    on_step: StepHook | None = None,
-) -> FitResult:
-    """Train per ``config``, writing ``OUT/best``, ``OUT/last``, the log and the config.
-
-    ``index`` replaces loading ``config.data`` (tests, notebooks). ``on_step(epoch, step,
-    loss)`` runs after every optimizer step; raising KeyboardInterrupt there acts as Ctrl-C.
-    """
-    rank, world, device = setup_distributed(config.device)
-    try:
-        return _fit(config, Path(out_dir), resume, index, on_step, rank, world, device)
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _fit(config, out_dir, resume, index, on_step, rank, world, device) -> FitResult:
-    runtime = Runtime(device, config.precision, config.channels_last, rank, world, config.progress)
-    say = partial(print, flush=True) if runtime.is_main else (lambda *a, **k: None)
-    if not resume and any((out_dir / name).exists() for name in ("last", "best")):
-        raise ConfigError(
-            f"{out_dir} already holds a training run; continue it with --resume {out_dir} "
-            "or choose a new --out folder"
-        )
-    state = train_state.read_resume_files(train_state.find_last(out_dir)) if resume else None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
-    if config.deterministic:  # bit-exact GPU resumes need this; the CPU is exact without it
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-    kind = config.kind
-    if index is None:
-        from nextray_core.datasets import detect_dataset_kind, load_dataset
-
-        if not config.data:
-            raise ConfigError("no dataset given: pass --data PATH")
-        kind = detect_dataset_kind(config.data) if kind == "auto" else kind
-        index = load_dataset(kind, config.data, seed=config.data_seed)
-    train, val = split_frames(index, config.regions)
-    data = _data_summary(config, kind, train, val)
-    train_w, val_w = (loss_weights(train, f, config.loss) for f in (train, val))
-
-    _seed_everything(config.seed + rank)
-    raw = build_model(
-        config.arch, init=config.init, dropout=config.dropout, freeze_layers=config.freeze_layers
-    )
-    say(f"{config.arch}: {describe_freeze(raw)}; {len(train)} train / {len(val)} val images")
-    raw.to(device)
-    if config.channels_last:
-        raw.to(memory_format=torch.channels_last)
-    params = [p for p in raw.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(
-        params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
-    )
-    scheduler = _build_scheduler(config, optimizer)
-    position: dict[str, Any] = {**_start_of(0), "best_score": None, "best_epoch": 0}
-    if state is not None:
-        last = train_state.find_last(out_dir)
-        _, tensors = load_tensors(last)  # verified against its card; extra.* are not weights
-        raw.load_state_dict(
-            {k: v.to(device) for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
-        )
-        optimizer.load_state_dict(state["optimizer_state"])  # moves the state to the params
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        position = state["position"]
-        train_state.restore_rng(state["rng"][rank])
-    core = nn.parallel.DistributedDataParallel(raw) if world > 1 else raw
-    model = torch.compile(core) if config.compile else core
-    eval_model = model if world == 1 else (torch.compile(raw) if config.compile else raw)
-    train_loader, val_loader, sampler = _loaders(config, train, val, runtime)
-    # real validation radiographs travel with every checkpoint: the inference engine checks
-    # its faster backends against fp32 on them (nextray_core.engine)
-    calibration = calibration_tensors(val, config.size, seed=config.seed) if runtime.is_main else {}
-
-    if runtime.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    history = train_state.read_log(out_dir / LOG_FILE, upto=position["epoch"]) if resume else []
-    if runtime.is_main:
-        train_state.write_log(out_dir / LOG_FILE, history)
-
-    def save_last(epoch_done: int, metrics: dict | None, pos: dict) -> None:
-        rng = [train_state.capture_rng()]
-        if world > 1:
-            rng = [None] * world
-            dist.all_gather_object(rng, train_state.capture_rng())
-        if runtime.is_main:
-
-            def write(tmp: Path) -> None:
-                save_checkpoint(
-                    raw,
-                    tmp,
-                    _card(config, epoch_done, metrics, data, runtime),
-                    extra_tensors=calibration,
-                )
-                train_state.write_resume_files(
-                    tmp,
-                    optimizer_state=optimizer.state_dict(),
-                    scheduler_state=scheduler.state_dict() if scheduler else None,
-                    position=pos,
-                    rng=rng,
-                )
-
-            train_state.swap_in(write, out_dir / "last")
-        if world > 1:
-            dist.barrier()
-
-    progress = EpochProgress(position["epoch"])
-    if position["epoch"] >= config.epochs:
-        say(f"all {position['epoch']} epochs are done; pass a larger --epochs to train on")
-    with StopRequest() as stop:
-        try:
-            for epoch in range(position["epoch"], config.epochs):
-                progress = EpochProgress(epoch)
-                if position["epoch"] == epoch:  # resuming inside this epoch
-                    for name in ("step", "loss_sum", "seen", "seconds"):
-                        setattr(progress, name, position[name])
-                sampler.set_position(epoch, progress.step * config.batch_size)
-                lr = optimizer.param_groups[0]["lr"]
-                train_one_epoch(
-                    model, train_loader, optimizer, runtime, progress, weights=train_w,
-                    stop=stop, on_step=on_step, desc=f"epoch {epoch + 1}/{config.epochs}",
-                )  # fmt: skip
-                progress.busy = True  # evaluation, schedule and saves: no exact stop point
-                metrics = evaluate(
-                    eval_model, val_loader, runtime, weights=val_w,
-                    study_ids=val["study_id"].tolist(),
-                )  # fmt: skip
-                if scheduler is not None:
-                    args = (metrics["loss"],) if config.scheduler == "plateau" else ()
-                    scheduler.step(*args)
-                totals = torch.tensor([progress.loss_sum, progress.seen], dtype=torch.float64)
-                if world > 1:
-                    totals = totals.to(device)
-                    dist.all_reduce(totals)
-                loss_sum, seen = totals.tolist()
-                row = {
-                    "epoch": epoch + 1,
-                    "train_loss": loss_sum / max(seen, 1),
-                    **{f"val_{k}": _json_safe(v) for k, v in metrics.items()},
-                    "lr": lr,
-                    "images_per_s": seen / max(progress.seconds, 1e-9),
-                    "seconds": progress.seconds,
-                }
-                history.append(row)
-                score = selection_score(metrics, config.select)
-                best = position["best_score"]
-                improved = best is None or score > best
-                position = {
-                    **_start_of(epoch + 1),
-                    "best_score": score if improved else best,
-                    "best_epoch": epoch + 1 if improved else position["best_epoch"],
-                }
-                if runtime.is_main:
-                    train_state.append_log(out_dir / LOG_FILE, row)
-                    say(_describe(row, improved))
-                    if improved:
-                        card = _card(config, epoch + 1, metrics, data, runtime)
-                        train_state.swap_in(
-                            lambda tmp, card=card: save_checkpoint(
-                                raw, tmp, card, extra_tensors=calibration
-                            ),
-                            out_dir / "best",
-                        )
-                save_last(epoch + 1, metrics, position)
-        except KeyboardInterrupt:
-            if progress.busy:
-                say(f"stopped at once; the state of epoch {progress.epoch} is in {out_dir}/last")
-                raise
-            save_last(progress.epoch, None, {**position, "epoch": progress.epoch,
-                      "step": progress.step, "loss_sum": progress.loss_sum,
-                      "seen": progress.seen, "seconds": progress.seconds})  # fmt: skip
-            say(
-                f"interrupted in epoch {progress.epoch + 1} after step {progress.step}; saved "
-                f"{out_dir / 'last'}. Continue with: nextray train --resume {out_dir}",
-                file=sys.stderr,
-            )
-            raise
-    return FitResult(out_dir, out_dir / "best", out_dir / "last", position["best_epoch"], history)
 
 
 def _start_of(epoch: int) -> dict[str, Any]:

@@ -225,10 +225,11 @@ def test_resume_continues_bit_for_bit(small_index, tmp_path):
     stopped = tmp_path / "stopped"
     with pytest.raises(KeyboardInterrupt):
         fit(TINY, stopped, index=small_index, on_step=interrupt)
-    model, card, _ = load_checkpoint(stopped / "last")  # a usable checkpoint
+    model, card, extras = load_checkpoint(stopped / "last")  # a usable checkpoint
     assert card.training["epoch"] == 0 and isinstance(model, torch.nn.Module)
+    assert extras == {}  # weights only: the release step adds the engine's calibration sample
     position = json.loads((stopped / "last" / train_state.STATE_JSON).read_text())["position"]
-    assert (position["epoch"], position["step"]) == (0, 1)
+    assert (position["epoch"], position["step"], position["world_size"]) == (0, 1, 1)
     fit(TINY, stopped, resume=True, index=small_index)
     _assert_same_run(straight, stopped)
 
@@ -251,10 +252,30 @@ def test_existing_run_is_not_overwritten(small_index, tmp_path):
         fit(TINY, tmp_path, index=small_index)
 
 
+@pytest.mark.parametrize("recorded", ["position", "rng"])
+def test_resume_with_another_process_count_is_refused(small_index, tmp_path, recorded):
+    """Shards, skipped batches and RNG states are per process: 2 cannot resume as 1."""
+    last = tmp_path / "last"
+    last.mkdir()
+    (tmp_path / "config.json").write_text(json.dumps(TINY.to_dict()))
+    position = {"epoch": 1, "step": 0, "loss_sum": 0.0, "seen": 0, "seconds": 0.0}
+    if recorded == "position":
+        position["world_size"] = 2
+    train_state.write_resume_files(
+        last,
+        optimizer_state={"state": {}, "param_groups": []},
+        scheduler_state=None,
+        position=position,
+        rng=[train_state.capture_rng()] * 2,  # runs from before world_size was recorded
+    )
+    with pytest.raises(ConfigError, match=r"trained by 2 process.*resumed by 1.*--init"):
+        fit(TINY, tmp_path, resume=True, index=small_index)
+
+
 # ---------------------------------------------------------------- guards
 @pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message(small_index, tmp_path, monkeypatch):
-    import nextray_core.train as train_module
+    import nextray_core.train_loop as train_module
 
     real = train_module.weighted_bce
     calls = []

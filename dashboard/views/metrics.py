@@ -50,16 +50,32 @@ if labelled["label"].nunique() < 2:
     st.warning(f"This run needs labelled {negative} AND {positive} cases for metrics.")
     st.stop()
 
-# Threshold presets, computed by the core on the whole run at this level.
+# The honest threshold: the card's, chosen on the validation split by the release step. The
+# presets are fitted on this run's own labels, so the metrics they give are optimistic.
+honest = state.default_threshold()
+source = state.threshold_source(state.get_card()) if state.run_is_paired() else None
+split = dataset.get("split", "?")
+st.write("**Threshold**: the model's own, or a preset (or click a point on the ROC curve):")
+st.caption(
+    f"Model card: {honest:.3f}, "
+    + (f"chosen by {source}" if source else "how it was chosen is not recorded")
+    + f". The presets are fitted on this run's own '{split}' split at {level} level: they have "
+    "seen the labels they are scored on, so the metrics they give are optimistic."
+)
 presets = curves.threshold_presets(labelled["label"].to_numpy(), labelled["probability"])
-st.write("**Threshold presets** (or click a point on the ROC curve):")
-for column, (name, value) in zip(st.columns(len(presets)), presets.items(), strict=True):
+choices = {"card": honest, **presets}
+for column, (name, value) in zip(st.columns(len(choices)), choices.items(), strict=True):
+    fitted = name not in ("card", "0.5")  # 0.5 is a fixed value, fitted on nothing
+    label = "model card" if name == "card" else PRESET_LABELS[name] + (f" ({split})" * fitted)
     column.button(
-        f"{PRESET_LABELS[name]} · {value:.3f}" if np.isfinite(value) else PRESET_LABELS[name],
+        f"{label} · {value:.3f}" if np.isfinite(value) else label,
         key=f"preset_{name}",
         disabled=not np.isfinite(value),
         on_click=state.set_threshold,
         args=(value,),
+        help=f"fitted on this run's '{split}' split (optimistic here)"
+        if fitted
+        else ("the model card's threshold" if name == "card" else "a fixed value"),
         width="stretch",
     )
 threshold = state.threshold()
@@ -140,7 +156,9 @@ with st.expander("Counts and raw numbers (as computed by nextray_core.metrics.me
     st.dataframe(table, width="stretch")
 
 st.subheader("Cohen's kappa by region")
-mura = [r for r in table.index if r in MURA_REGIONS or r == OVERALL]
+# Published MURA marks only beside MURA runs: on other data they compare different tasks.
+is_mura = dataset.get("kind") == "mura"
+mura = [r for r in table.index if r in MURA_REGIONS or r == OVERALL] if is_mura else []
 references = reference.published_kappa()
 measured_on = {key: "hidden MURA test set" for key in reference.KAPPA_COLUMNS}
 measured_on["nextray_seed_resnet152"] = "report's 640-image split"
@@ -156,13 +174,13 @@ if len(mura) > 1:
         f"radiologists and Stanford — {reference.SOURCES['mura']}; neXt-Ray ResNet-152 — "
         f"{reference.SOURCES['seed']}. " + " ".join(reference.CAVEATS[:1])
     )
-    if dataset.get("kind") != "mura":
-        st.warning(
-            f"This run is on {dataset.get('kind', 'another dataset')}, not MURA: region names "
-            "match but the task and images differ, so the marks are context, not a comparison."
-        )
-else:
+elif is_mura:
     st.caption("No MURA region in this run: the published MURA kappas are not shown.")
+else:
+    st.caption(
+        f"The published MURA kappas (radiologists, Stanford) are shown for MURA runs only; this "
+        f"run is on {dataset.get('kind', 'another dataset')}, a different task."
+    )
 
 st.subheader("Reliability diagram")
 reliability_fig = figures.reliability_figure([s[2] for s in sets])

@@ -10,8 +10,8 @@ from nextray_core.engine.answer import map_method
 from nextray_core.errors import NextRayError
 from nextray_core.explain import METHODS, TARGETS
 from nextray_core.index import MURA_REGIONS
-from nextray_core.metrics import predicted_labels
-from nextray_core.predict import UNKNOWN_REGION, study_table
+from nextray_core.metrics import predicted_labels, study_table
+from nextray_core.predict import UNKNOWN_REGION
 
 st.title("Predict")
 st.caption(
@@ -49,28 +49,57 @@ target = right.radio(
 )
 opacity = far.slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="predict_opacity")
 
-files = st.file_uploader(
+# The study lives in the session; the uploader is only its inbox, emptied after every intake
+# (a new key), so that a new upload starts a new study unless views are added on purpose.
+study_views: list[tuple[str, bytes]] = st.session_state.setdefault("predict_study", [])
+inbox = st.session_state.setdefault("predict_inbox", 0)
+
+
+def _clear_study() -> None:
+    st.session_state["predict_study"] = []
+    st.session_state["predict_inbox"] += 1
+
+
+if st.session_state.pop("predict_reset_add", False):
+    st.session_state["predict_add_views"] = False
+add_views = st.toggle(
+    "Add the next upload to this study",
+    key="predict_add_views",
+    disabled=not study_views,
+    help="Off: a new upload starts a new study. On: its files join the current study's views.",
+)
+uploaded = st.file_uploader(
     "Radiographs (several views of one study at once)",
     accept_multiple_files=True,
-    key="predict_files",
+    key=f"predict_files_{inbox}",
 )
-if not files:
+if uploaded:
+    new = [(upload.name, upload.getvalue()) for upload in uploaded]
+    st.session_state["predict_study"] = [*study_views, *new] if add_views else new
+    st.session_state["predict_inbox"] = inbox + 1
+    st.session_state["predict_reset_add"] = True  # set before the toggle is drawn again
+    st.rerun()
+if not study_views:
     st.info("Upload one or more views to see the model's probability and where it looks.")
     st.stop()
+names = ", ".join(name for name, _ in study_views)
+left, right = st.columns([4, 1])
+left.caption(f"Current study: {len(study_views)} view(s): {names}")
+right.button("Clear study", key="predict_clear", on_click=_clear_study, width="stretch")
 
 threshold = state.threshold()
 results = []
-for upload in files:
+for name, data in study_views:
     try:
-        with st.spinner(f"Reading and scoring {upload.name}…"):
-            result = inference.explain_upload(upload.getvalue(), upload.name, method, target)
+        with st.spinner(f"Reading and scoring {name}…"):
+            result = inference.explain_upload(data, name, method, target)
     except NextRayError as error:
-        st.error(f"**{upload.name}** could not be used: {error}", icon=":material/error:")
+        st.error(f"**{name}** could not be used: {error}", icon=":material/error:")
         continue
     results.append(result)
     with st.container(border=True):
         image_col, map_col, info_col = st.columns([2, 2, 1.4])
-        image_col.image(result.pixels, caption=f"{upload.name}", width="stretch")
+        image_col.image(result.pixels, caption=name, width="stretch")
         evidence = TARGET_NAMES[target]
         map_col.image(
             inference.blend(result, opacity),

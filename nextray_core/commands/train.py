@@ -19,7 +19,9 @@ from nextray_core.files import write_text_atomic
 
 _MULTI_GPU = (
     "Several GPUs: torchrun --standalone --nproc_per_node N -m nextray_core.cli train ... "
-    "(--batch-size is per process)."
+    "(--batch-size is per process). Several machines: --nnodes N --rdzv-backend c10d "
+    "--rdzv-endpoint HOST:PORT instead of --standalone, on each; --resume needs the same "
+    "number of processes."
 )
 
 

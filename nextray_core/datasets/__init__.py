@@ -11,7 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from nextray_core.datasets.folder import find_class_folders, load_folder
-from nextray_core.datasets.fracatlas import load_fracatlas, load_fracture_boxes
+from nextray_core.datasets.fracatlas import (
+    find_fracatlas_root,
+    load_fracatlas,
+    load_fracture_boxes,
+)
 from nextray_core.datasets.mura import MURA_DIRNAME, MuraReport, load_mura, validate_mura
 from nextray_core.datasets.synthetic import make_synthetic_mura
 from nextray_core.datasets.tasks import FRACATLAS_TASK, MURA_TASK, Task, dataset_task
@@ -21,7 +25,8 @@ from nextray_core.index import INDEX_COLUMNS, make_index
 DATASET_KINDS: tuple[str, ...] = ("mura", "fracatlas", "folder", "index")
 ACCEPTED_LAYOUTS = (
     "a folder containing MURA-v1.1 (or MURA-v1.1 itself); a FracAtlas folder "
-    "(manifest_original.csv and images/Fractured/); a folder with normal/ and abnormal/ "
+    "(images/Fractured/ with dataset.csv as published, or with manifest_original.csv); a "
+    "folder with normal/ and abnormal/ "
     "subfolders (optionally inside region folders such as wrist/); or an index .csv file"
 )
 
@@ -68,7 +73,7 @@ def detect_dataset_kind(root: str | Path) -> str:
         raise DatasetError(f"{root} is a file but not a .csv index; pass {ACCEPTED_LAYOUTS}")
     if root.name == MURA_DIRNAME or (root / MURA_DIRNAME).is_dir():
         return "mura"
-    if (root / "manifest_original.csv").is_file() and (root / "images" / "Fractured").is_dir():
+    if find_fracatlas_root(root) is not None:
         return "fracatlas"
     if find_class_folders(root):
         return "folder"
