@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# A state dict to start training from: freezing layers is refused with --init none (frozen
+# random layers never learn), so tests that freeze most of the network to stay fast start here.
+# A fixed path (per test process) so that module-level configs can name it.
+RANDOM_INIT = Path(tempfile.gettempdir()) / f"nextray-tests-{os.getpid()}" / "resnet152.safetensors"
 FRACATLAS_MINI = REPO / "tests" / "data" / "fracatlas_mini"
 SHARED_FRACATLAS = REPO.parent / "shared" / "data" / "fracatlas"
 
@@ -40,3 +47,14 @@ def resnet152():
 
     torch.manual_seed(0)
     return build_model("resnet152", init="none", dropout=0.5).eval()
+
+
+@pytest.fixture(scope="session")
+def random_init(resnet152):
+    """RANDOM_INIT written once per session (a random ResNet-152 state dict), removed after."""
+    from safetensors.torch import save_file
+
+    RANDOM_INIT.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in resnet152.state_dict().items()}, str(RANDOM_INIT))
+    yield RANDOM_INIT
+    shutil.rmtree(RANDOM_INIT.parent, ignore_errors=True)

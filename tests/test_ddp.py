@@ -13,7 +13,7 @@ from nextray_core.checkpoint import load_checkpoint
 
 
 @pytest.mark.slow
-def test_two_process_gloo_run_writes_one_checkpoint_from_rank_0(tmp_path):
+def test_two_process_gloo_run_writes_one_checkpoint_from_rank_0(tmp_path, random_init):
     from nextray_core.datasets import load_dataset, make_synthetic_mura
 
     index = load_dataset("mura", make_synthetic_mura(tmp_path / "data", seed=1))
@@ -25,7 +25,7 @@ def test_two_process_gloo_run_writes_one_checkpoint_from_rank_0(tmp_path):
         "-m", "nextray_core.cli", "train", "--data", str(tmp_path / "index.csv"),
         "--kind", "index", "--out", str(out), "--size", "32", "--batch-size", "4",
         "--epochs", "1", "--workers", "0", "--freeze-layers", "456", "--device", "cpu",
-        "--no-progress",
+        "--init", str(random_init), "--no-progress",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

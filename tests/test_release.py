@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import torch
 from conftest import FRACATLAS_MINI
-from safetensors.torch import save_file
 
 from nextray_core import curves
 from nextray_core.checkpoint import load_checkpoint, verify_checkpoint
@@ -31,16 +30,8 @@ TINY_FLAGS = ["--size", "32", "--epochs", "1", "--batch-size", "8", "--precision
               "--workers", "0", "--freeze-layers", "456", "--no-progress"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def init_file(tmp_path_factory, resnet152):
-    """A state dict to start from: freezing layers needs an init that is not 'none'."""
-    path = tmp_path_factory.mktemp("init") / "random.safetensors"
-    save_file({k: v.contiguous() for k, v in resnet152.state_dict().items()}, str(path))
-    return path
-
-
-def _train(data, out, init_file, *extra: str) -> int:
-    return main(["train", "--data", str(data), "--out", str(out), "--init", str(init_file),
+def _train(data, out, random_init, *extra: str) -> int:
+    return main(["train", "--data", str(data), "--out", str(out), "--init", str(random_init),
                  *TINY_FLAGS, *extra])  # fmt: skip
 
 
@@ -85,9 +76,9 @@ def test_tasks_and_class_names_come_from_the_data(tmp_path):
 
 # ---------------------------------------------------------------- nextray train -> release
 @pytest.mark.slow
-def test_train_on_fracatlas_releases_a_complete_checkpoint(tmp_path, init_file):
+def test_train_on_fracatlas_releases_a_complete_checkpoint(tmp_path, random_init):
     out = tmp_path / "run"
-    assert _train(FRACATLAS_MINI, out, init_file) == 0
+    assert _train(FRACATLAS_MINI, out, random_init) == 0
     card = verify_checkpoint(out / "best")
     assert card.class_names == ("not fractured", "fractured")
     assert "FracAtlas" in card.task and "MURA" not in card.task
@@ -117,9 +108,9 @@ def test_train_on_fracatlas_releases_a_complete_checkpoint(tmp_path, init_file):
 
 
 @pytest.mark.slow
-def test_train_on_a_mura_tree_names_mura_classes(tmp_path, init_file):
+def test_train_on_a_mura_tree_names_mura_classes(tmp_path, random_init):
     root = make_synthetic_mura(tmp_path / "mura", patients_train=10, patients_valid=8, seed=1)
-    assert _train(root, tmp_path / "run", init_file) == 0
+    assert _train(root, tmp_path / "run", random_init) == 0
     card = verify_checkpoint(tmp_path / "run" / "best")
     assert card.class_names == ("normal", "abnormal") and "MURA" in card.task
     assert 0.0 <= card.default_threshold <= 1.0
@@ -135,7 +126,7 @@ def test_frozen_layers_of_a_random_network_are_refused(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_release_refuses_data_without_a_validation_split(tmp_path, init_file):
+def test_release_refuses_data_without_a_validation_split(tmp_path):
     index = pd.DataFrame({"image_path": ["a.png"], "study_id": ["s"], "patient_id": ["p"],
                           "region": ["hand"], "label": [1], "split": ["train"]})  # fmt: skip
     from nextray_core.errors import ConfigError

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import RANDOM_INIT
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
@@ -59,6 +60,7 @@ def small_index(mura_index: pd.DataFrame) -> pd.DataFrame:
 # carry state, so exact resume has to get each of them right. Only layer4's last block and the
 # head train (freeze 456 of 467 tensors) to keep the optimizer state small.
 TINY = TrainConfig(
+    init=str(RANDOM_INIT),
     size=32,
     batch_size=8,
     epochs=2,
@@ -73,6 +75,11 @@ TINY = TrainConfig(
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _tiny_init(random_init):
+    """TINY starts from RANDOM_INIT: write it before this module's tests."""
+
+
 # ---------------------------------------------------------------- configuration
 def test_defaults_are_the_reports_recipe_and_presets_layer_under_file_and_flags(tmp_path):
     config = resolve_config()
@@ -82,7 +89,9 @@ def test_defaults_are_the_reports_recipe_and_presets_layer_under_file_and_flags(
     assert (config.dropout, config.freeze_layers, config.batch_size, config.size) == (
         0.5, 148, 16, 320,
     )  # fmt: skip
-    assert (config.hflip, config.rotation, config.loss, config.init) == (True, 0.0, "bce", "none")
+    assert (config.hflip, config.rotation, config.loss, config.init) == (
+        True, 0.0, "bce", "imagenet",
+    )  # fmt: skip
 
     paper = resolve_config({"recipe": "mura-paper"})
     assert (paper.loss, paper.lr, paper.scheduler, paper.rotation, paper.batch_size) == (
