@@ -33,7 +33,8 @@ from torch import nn
 
 from nextray_core.errors import CheckpointError, ConfigError
 from nextray_core.files import write_text_atomic
-from nextray_core.model import ARCHITECTURES, build_model
+from nextray_core.model import build_model
+from nextray_core.options import ARCHITECTURES
 from nextray_core.transforms import Preprocessing
 
 CARD_FORMAT = "nextray-card/1"

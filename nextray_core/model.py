@@ -23,9 +23,7 @@ from torch import nn
 from torchvision import models
 
 from nextray_core.errors import CheckpointError, ConfigError
-
-ARCHITECTURES: tuple[str, ...] = ("resnet152", "resnet101", "densenet169")
-INITS: tuple[str, ...] = ("none", "imagenet")  # or a path to a local state dict
+from nextray_core.options import ARCHITECTURES
 
 _BUILDERS = {
     "resnet152": (models.resnet152, models.ResNet152_Weights.DEFAULT),

@@ -7,9 +7,9 @@ import streamlit as st
 
 from dashboard import inference, state
 from nextray_core.errors import NextRayError
-from nextray_core.explain import METHODS, TARGETS
 from nextray_core.index import MURA_REGIONS
 from nextray_core.metrics import predicted_labels
+from nextray_core.options import METHODS, TARGETS
 from nextray_core.predict import UNKNOWN_REGION, study_table
 
 st.title("Predict")

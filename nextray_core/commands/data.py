@@ -7,6 +7,7 @@ from pathlib import Path
 
 from nextray_core.errors import NextRayError
 from nextray_core.files import write_text_atomic
+from nextray_core.options import DATA_KINDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,9 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="MURA (the folder containing MURA-v1.1), FracAtlas, a folder with normal/ and "
         "abnormal/, or an index CSV",
     )
-    index.add_argument(
-        "--kind", default="auto", choices=["auto", "mura", "fracatlas", "folder", "index"]
-    )
+    index.add_argument("--kind", default="auto", choices=DATA_KINDS)
     index.add_argument("--seed", type=int, default=0, help="seed of the patient-level splits")
     index.add_argument("--out", type=Path, help="write the index table to this CSV")
     index.set_defaults(handler=run_index)

@@ -12,13 +12,7 @@ from pathlib import Path
 
 from nextray_core.errors import ConfigError, DatasetError
 from nextray_core.files import write_text_atomic
-
-DATA_KINDS = ("auto", "mura", "fracatlas", "folder", "index")
-COMBINE_RULES = ("mean", "vote")
-
-
-# nextray_core.engine.BACKEND_CHOICES, spelled out so that --help does not import torch
-BACKEND_CHOICES = ("auto", "onnx-int8", "torch-bf16", "torch-mixed", "torch-fp32")
+from nextray_core.options import BACKEND_CHOICES, COMBINE_RULES, DATA_KINDS
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:

@@ -16,8 +16,8 @@ from nextray_core.datasets.mura import MURA_DIRNAME, MuraReport, load_mura, vali
 from nextray_core.datasets.synthetic import make_synthetic_mura
 from nextray_core.errors import ConfigError, DatasetError
 from nextray_core.index import INDEX_COLUMNS, make_index
+from nextray_core.options import DATASET_KINDS
 
-DATASET_KINDS: tuple[str, ...] = ("mura", "fracatlas", "folder", "index")
 ACCEPTED_LAYOUTS = (
     "a folder containing MURA-v1.1 (or MURA-v1.1 itself); a FracAtlas folder "
     "(manifest_original.csv and images/Fractured/); a folder with normal/ and abnormal/ "

@@ -35,7 +35,6 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from nextray_core.explain.cam import CamResult, feature_stages, head_outputs, predict_with_cam
 from nextray_core.model import output_linear
 
-BACKENDS: tuple[str, ...] = ("onnx-int8", "torch-bf16", "torch-mixed", "torch-fp32")
 # leading stages kept fp32 by torch-mixed (a ResNet's stem and layer1)
 MIXED_FP32_STAGES = 5
 

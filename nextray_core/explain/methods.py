@@ -48,18 +48,7 @@ from nextray_core.explain.cam import (
     head_logits,
     predict_with_cam,
 )
-
-LIBRARY_METHODS: dict[str, str] = {
-    "gradcam": "GradCAM",
-    "gradcam++": "GradCAMPlusPlus",
-    "hirescam": "HiResCAM",
-    "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM",
-    "scorecam": "ScoreCAM",
-    "eigencam": "EigenCAM",
-}
-METHODS: tuple[str, ...] = ("cam", *LIBRARY_METHODS)
-TARGETS: tuple[str, ...] = ("abnormal", "normal")
+from nextray_core.options import LIBRARY_METHODS, METHODS, TARGETS
 
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()

@@ -1,0 +1,44 @@
+"""The names a user can choose from, spelled once and without importing torch.
+
+Command-line parsers (``nextray --help`` must answer in well under a second), the training
+config and the dashboard's widgets all take their choices from here; the modules that act on a
+choice (the engine, the CAM methods, the model builder) import these tuples and check against
+them, so a new backend or method is added in one place.
+"""
+
+from __future__ import annotations
+
+# model.build_model
+ARCHITECTURES: tuple[str, ...] = ("resnet152", "resnet101", "densenet169")
+INITS: tuple[str, ...] = ("none", "imagenet")  # or a path to a local state dict / checkpoint
+
+# config.TrainConfig
+RECIPES: tuple[str, ...] = ("report", "mura-paper", "blog")
+LOSSES: tuple[str, ...] = ("bce", "class-weighted", "type-weighted")
+SCHEDULERS: tuple[str, ...] = ("none", "plateau", "step")
+SELECTIONS: tuple[str, ...] = ("loss", "kappa", "auc")
+PRECISIONS: tuple[str, ...] = ("bf16", "fp32")
+
+# datasets.load_dataset; "auto" guesses the kind from the folder layout
+DATASET_KINDS: tuple[str, ...] = ("mura", "fracatlas", "folder", "index")
+DATA_KINDS: tuple[str, ...] = ("auto", *DATASET_KINDS)
+
+# engine.load_engine: the backends in the order `auto` tries them on a CPU
+BACKENDS: tuple[str, ...] = ("onnx-int8", "torch-bf16", "torch-mixed", "torch-fp32")
+BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
+
+# predict: how an ensemble's members are combined
+COMBINE_RULES: tuple[str, ...] = ("mean", "vote")
+
+# explain: our single-pass CAM, then pytorch-grad-cam's methods by their class names
+LIBRARY_METHODS: dict[str, str] = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "scorecam": "ScoreCAM",
+    "eigencam": "EigenCAM",
+}
+METHODS: tuple[str, ...] = ("cam", *LIBRARY_METHODS)
+TARGETS: tuple[str, ...] = ("abnormal", "normal")
