@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from nextray_core.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "numpy", "pandas", "onnxruntime", "streamlit")
 
@@ -37,3 +42,72 @@ def test_help_of_every_command_imports_no_heavy_library():
     lines = dict(line.split(" |")[:2] for line in result.stderr.splitlines() if " |" in line)
     assert {"nextray", "train", "predict", "evaluate", "explain", "card", "dashboard"} <= set(lines)
     assert {command: loaded for command, loaded in lines.items() if loaded} == {}
+
+
+def _row(auc, low, high, sensitivity, specificity, count=40, positive=10):
+    return {
+        "count": count,
+        "abnormal": positive,
+        "auc": auc,
+        "auc_low": low,
+        "auc_high": high,
+        "sensitivity": sensitivity,
+        "sensitivity_low": sensitivity - 0.1,
+        "sensitivity_high": min(1.0, sensitivity + 0.1),
+        "specificity": specificity,
+        "kappa": 0.4,  # not shown: the card prints AUC, sensitivity and specificity
+    }
+
+
+@pytest.fixture(scope="module")
+def card_checkpoint(tmp_path_factory, resnet152):
+    from nextray_core.checkpoint import ModelCard, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("card") / "ckpt"
+    metrics = {
+        "validation (image level)": {
+            "overall": _row(0.812, 0.74, 0.87, 0.8, 0.7),
+            "hand": _row(0.775, 0.61, 0.9, 0.75, 0.65, count=20, positive=4),
+        },
+        "test (image level)": {"overall": _row(0.79, 0.7, 0.86, 0.71, 0.77)},
+        "calibration": {"ece": 0.0412, "brier": 0.15},
+        "threshold policy": "youden",
+    }
+    card = ModelCard(name="card-test", default_threshold=0.42, metrics=metrics)
+    save_checkpoint(resnet152, folder, card, dtype=torch.float16)
+    return folder
+
+
+def test_card_prints_every_metric_table_with_its_intervals(card_checkpoint, capsys):
+    assert main(["card", str(card_checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "sha256 matches the card and the tensors fit a resnet152" in out
+    assert "not a signature" in out
+    validation = out.split("validation (image level):")[1].split("test (image level):")[0]
+    lines = [line.split() for line in validation.strip().splitlines()]
+    assert lines[0][:4] == ["region", "images", "positive", "AUC"]
+    # regions in the card's order, overall last; AUC and sensitivity with their intervals
+    assert [line[0] for line in lines[1:]] == ["hand", "overall"]
+    assert lines[1][:7] == ["hand", "20", "4", "0.78", "(0.61-0.90)", "0.75", "(0.65-0.85)"]
+    assert lines[2][:5] == ["overall", "40", "10", "0.81", "(0.74-0.87)"]
+    # a metric without bounds is printed alone, not with an invented interval
+    assert lines[2][7:] == ["0.70"]
+    test = out.split("test (image level):")[1].splitlines()[2].split()
+    assert test[:5] == ["overall", "40", "10", "0.79", "(0.70-0.86)"]
+    assert "calibration: ece 0.041, brier 0.150" in out
+    assert "threshold policy: youden" in out
+
+
+def test_card_refuses_weights_that_would_not_load(card_checkpoint, tmp_path, capsys):
+    import json
+
+    folder = tmp_path / "relabelled"
+    folder.mkdir()
+    for path in card_checkpoint.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    card = json.loads((folder / "card.json").read_text())
+    card["architecture"] = "densenet169"  # the sha256 still matches the file
+    (folder / "card.json").write_text(json.dumps(card))
+    assert main(["card", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit a densenet169" in err and "sha256" not in err
