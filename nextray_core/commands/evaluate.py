@@ -179,7 +179,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     data_seed = _data_seed(args, cards)
     rows, regions = _select(load_dataset(kind, args.data, seed=data_seed), args)
 
-    members = load_members(args, device)
+    # the same small-job rule as predict and explain: ~100 images are answered in fp32 at once
+    # instead of paying seconds (or a minute, the first time) for a fast path they cannot repay
+    members = load_members(args, device, n_images=len(rows))
     predictions = predict_index(
         members,
         rows,
