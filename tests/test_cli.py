@@ -62,6 +62,7 @@ def _row(auc, low, high, sensitivity, specificity, count=40, positive=10):
 @pytest.fixture(scope="module")
 def card_checkpoint(tmp_path_factory, resnet152):
     from nextray_core.checkpoint import ModelCard, save_checkpoint
+    from nextray_core.transforms import Preprocessing
 
     folder = tmp_path_factory.mktemp("card") / "ckpt"
     metrics = {
@@ -73,7 +74,12 @@ def card_checkpoint(tmp_path_factory, resnet152):
         "calibration": {"ece": 0.0412, "brier": 0.15},
         "threshold policy": "youden",
     }
-    card = ModelCard(name="card-test", default_threshold=0.42, metrics=metrics)
+    card = ModelCard(
+        name="card-test",
+        preprocessing=Preprocessing(size=64).to_dict(),
+        default_threshold=0.42,
+        metrics=metrics,
+    )
     save_checkpoint(resnet152, folder, card, dtype=torch.float16)
     return folder
 
@@ -111,3 +117,27 @@ def test_card_refuses_weights_that_would_not_load(card_checkpoint, tmp_path, cap
     assert main(["card", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "do not fit a densenet169" in err and "sha256" not in err
+
+
+def test_predict_console_table_wraps_long_notes_instead_of_cutting_them(
+    card_checkpoint, tmp_path, capsys
+):
+    # an unreadable file whose name makes the error note far longer than 120 characters
+    broken = tmp_path / ("a-rather-long-file-name-for-a-study-view-" * 3 + ".png")
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    image = next((ROOT / "tests" / "data" / "fracatlas_mini" / "images").rglob("*.jpg"))
+    code = main(["predict", str(image), str(broken), "--checkpoint", str(card_checkpoint)])
+    assert code == 1  # one file could not be read
+    out = capsys.readouterr().out
+    table = out.split("Studies")[0]
+    lines = table.strip().splitlines()[2:]  # the title, the header
+    assert len(lines) > 2  # two images, and the long note continues on lines of its own
+    from nextray_core.errors import NextRayError
+    from nextray_core.imaging import read_radiograph
+
+    with pytest.raises(NextRayError) as error:
+        read_radiograph(broken)
+    message = str(error.value)
+    assert len(message) > 120
+    # the whole message, its fix included, is in the table once the wrapped lines are joined
+    assert "".join(message.split()) in "".join(table.split())

@@ -49,6 +49,33 @@ def say_backend(path, engine) -> None:
     print(f"{path}: {engine.backend_name}{reason}", file=sys.stderr)
 
 
+NOTE_WIDTH = 72  # the console table's note column; a longer note continues on the next lines
+
+
+def wrap_column(frame, column: str, width: int):
+    """Rows whose ``column`` is longer than ``width`` continue on extra rows (other cells blank),
+    so a console table shows a whole note, the fix it names included, instead of cutting it."""
+    import textwrap
+
+    import pandas as pd
+
+    rows = []
+    for record in frame.to_dict("records"):
+        text = str(record[column]) if pd.notna(record[column]) else ""
+        lines = textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False) or [""]
+        rows.append({**record, column: lines[0]})
+        blank = dict.fromkeys(frame.columns, "")
+        rows += [{**blank, column: line} for line in lines[1:]]
+    return pd.DataFrame(rows, columns=frame.columns).astype(object).fillna("")
+
+
+def left_aligned(frame, columns: list[str]) -> str:
+    """``frame.to_string`` with ``columns`` (text: paths, notes) left-aligned, numbers right."""
+    widths = {c: max([len(c), *(len(str(v)) for v in frame[c])]) for c in columns}
+    formatters = {c: (lambda v, w=widths[c]: str(v).ljust(w)) for c in columns}
+    return frame.to_string(index=False, formatters=formatters, justify="left")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser(
         "evaluate",
@@ -304,10 +331,10 @@ def run_predict(args: argparse.Namespace) -> int:
         shown = images.assign(
             image=images["image_path"],
             probability=images["probability"].round(3),
-            note=(images["error"] + images["warning"]).str.slice(0, 120),
-        )
+            note=images["error"] + images["warning"],
+        )[["image", "probability", "verdict", "note"]]
         print(f"Images (threshold {threshold:g}; {positive} when probability >= threshold)")
-        print(shown[["image", "probability", "verdict", "note"]].to_string(index=False))
+        print(left_aligned(wrap_column(shown, "note", NOTE_WIDTH), ["image", "note"]))
         print("\nStudies (probability = mean of the views)")
         shown = studies.assign(probability=studies["probability"].round(3))
         print(
