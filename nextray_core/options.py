@@ -42,3 +42,20 @@ LIBRARY_METHODS: dict[str, str] = {
 }
 METHODS: tuple[str, ...] = ("cam", *LIBRARY_METHODS)
 TARGETS: tuple[str, ...] = ("abnormal", "normal")
+
+# The dashboard's safe settings (Streamlit option -> value): a local research tool listens on
+# this machine only, sends no usage statistics and takes uploads up to 50 MB (a large DICOM).
+# `nextray dashboard` passes them as flags, dashboard/.streamlit/config.toml holds them for a
+# plain `streamlit run` from any folder, and the app refuses to serve if they were overridden.
+LOOPBACK_ADDRESS = "127.0.0.1"
+MAX_UPLOAD_MB = 50
+DASHBOARD_SETTINGS: dict[str, str | int | bool] = {
+    "server.address": LOOPBACK_ADDRESS,
+    "server.headless": True,
+    "server.maxUploadSize": MAX_UPLOAD_MB,
+    "server.fileWatcherType": "none",
+    "browser.gatherUsageStats": False,
+    "browser.serverAddress": "localhost",
+    "client.toolbarMode": "minimal",
+}
+ALLOW_REMOTE_ENV = "NEXTRAY_ALLOW_REMOTE"  # set by `nextray dashboard --allow-remote`
