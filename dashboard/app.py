@@ -1,22 +1,20 @@
 """neXt-Ray dashboard: the router and the sidebar (run, checkpoint, the one shared threshold).
 
 Start it with ``nextray dashboard [--run RUN] [--checkpoint CKPT]`` or
-``streamlit run dashboard/app.py -- --run RUN --checkpoint CKPT``. Every page is a thin script
-over nextray_core; what they share lives in dashboard/state.py.
+``streamlit run dashboard/app.py -- --run RUN --checkpoint CKPT`` (from any folder: the
+script-level ``dashboard/.streamlit/config.toml`` keeps it on this machine, and safety.py
+refuses to serve if a flag or variable overrode that). ``nextray_core`` and this package must be
+importable (``pip install .`` or ``pip install -e .``). Every page is a thin script over
+nextray_core; what they share lives in dashboard/state.py.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:  # `streamlit run` puts dashboard/ on the path, not the repository
-    sys.path.insert(0, _ROOT)
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from dashboard import state  # noqa: E402
+from dashboard import safety, state
 
 # Not "pages/": beside the entry script that name switches on Streamlit's older folder-based
 # multipage mode, in which AppTest runs a page without app.py (no sidebar, no session setup).
@@ -88,6 +86,7 @@ def sidebar() -> None:
 
 
 st.set_page_config(page_title="neXt-Ray", page_icon=":material/radiology:", layout="wide")
+safety.stop_if_unsafe()
 state.init_session()
 sidebar()
 navigation = st.navigation(

@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 from torch import nn
 
 from nextray_core.errors import CheckpointError, ConfigError
 from nextray_core.files import write_text_atomic
-from nextray_core.model import ARCHITECTURES, build_model
+from nextray_core.model import build_skeleton, state_shapes
+from nextray_core.options import ARCHITECTURES
 from nextray_core.transforms import Preprocessing
 
 CARD_FORMAT = "nextray-card/1"
@@ -260,17 +261,89 @@ def read_card(path: str | Path) -> ModelCard:
         raise CheckpointError(
             f"card names architecture {card.architecture!r}; this version knows {ARCHITECTURES}"
         )
+    _check_plain_name(directory, card.weights_file, "weights_file")
     return card
+
+
+def _check_plain_name(directory: Path, name: object, what: str) -> None:
+    """Refuse a file name in the card that would leave the checkpoint folder.
+
+    A card is data that travels with downloaded weights: ``"../../x"`` or ``"/etc/..."`` must
+    not make neXt-Ray hash, read or report a file outside the folder it was given.
+    """
+    plain = (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and ":" not in name  # a Windows drive ("C:x") or an NTFS stream
+        and Path(name).name == name
+    )
+    if not plain:
+        raise CheckpointError(
+            f"{directory / CARD_FILE}: {what} {name!r} is not a plain file name inside the "
+            "checkpoint folder (absolute paths and '..' are refused). Restore the original card "
+            "or re-export the checkpoint."
+        )
 
 
 def verify_checkpoint(path: str | Path) -> ModelCard:
-    """Read the card and check every weights file (or shard) against its sha256."""
+    """Check every weights file (or shard) against its sha256 AND that the weights would load.
+
+    A matching hash says the files are the ones the card was written for, not that they are
+    usable: each file's safetensors header must parse, and the tensor names and shapes must be
+    those of the card's architecture (read from the headers; no weights are loaded).
+    """
     directory = resolve_checkpoint_dir(path)
     card = read_card(directory)
+    shapes: dict[str, tuple[int, ...]] = {}
     for file, expected, role in _weight_files(directory, card):
-        _require(directory / file, role)
-        _check_digest(directory / file, sha256_of(directory / file), expected)
+        weights = directory / file
+        _require(weights, role)
+        _check_digest(weights, sha256_of(weights), expected)
+        try:
+            with safe_open(weights, framework="pt") as reader:
+                names = reader.keys()  # a safe_open handle is not iterable
+                part = {key: tuple(reader.get_slice(key).get_shape()) for key in names}
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(
+                f"{weights} matches its hash but is not valid safetensors ({error}); the card "
+                "was written for a broken file. Re-export the checkpoint."
+            ) from error
+        shapes.update(part)
+    model_shapes = {k: v for k, v in shapes.items() if not k.startswith(EXTRA_PREFIX)}
+    _check_fits(directory, card, model_shapes, state_shapes(_skeleton(card)))
     return card
+
+
+def _skeleton(card: ModelCard) -> nn.Module:
+    return build_skeleton(card.architecture, dropout=card.dropout)
+
+
+def _check_fits(
+    directory: Path,
+    card: ModelCard,
+    found: dict[str, tuple[int, ...]],
+    expected: dict[str, tuple[int, ...]],
+) -> None:
+    """Refuse weights whose tensor names or shapes are not those of the card's architecture."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong_shape = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
+    problems = [
+        f"{len(names)} {what} (e.g. {names[:2]})"
+        for names, what in (
+            (missing, "missing"),
+            (unexpected, "unexpected"),
+            (wrong_shape, "of the wrong shape"),
+        )
+        if names
+    ]
+    if problems:
+        raise CheckpointError(
+            f"the weights in {directory} do not fit a {card.architecture} with a one-logit head: "
+            f"{', '.join(problems)}. Check the card's architecture or re-export the checkpoint."
+        )
 
 
 def _weight_files(directory: Path, card: ModelCard) -> list[tuple[str, str, str]]:
@@ -302,6 +375,7 @@ def _shard_entries(directory: Path, card: ModelCard) -> list[tuple[str, str]]:
                 "must be {'file': 'model-0000K-of-0000N.safetensors', 'sha256': ...}. "
                 "Restore the original card or re-export the checkpoint."
             )
+        _check_plain_name(directory, file, "weights_shards file")
         entries.append((file, digest))
     return entries
 
@@ -363,16 +437,9 @@ def load_checkpoint(
         k.removeprefix(EXTRA_PREFIX): v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)
     }
     state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
-    model = build_model(card.architecture, init="none", dropout=card.dropout)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong_shape:
-        raise CheckpointError(
-            f"the weights in {directory} do not fit a {card.architecture} with a one-logit head: "
-            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected "
-            f"(e.g. {unexpected[:2]}), {len(wrong_shape)} of the wrong shape"
-        )
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    # no random initialisation: the loaded tensors become the parameters (assign=True)
+    model = _skeleton(card)
+    _check_fits(directory, card, {k: tuple(v.shape) for k, v in state.items()}, state_shapes(model))
+    floats = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(floats, assign=True)
     return model.to(device).eval(), card, extras

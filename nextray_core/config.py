@@ -18,16 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from nextray_core.errors import ConfigError
-from nextray_core.model import ARCHITECTURES
-
-RECIPES: tuple[str, ...] = ("report", "mura-paper", "blog")
-LOSSES: tuple[str, ...] = ("bce", "class-weighted", "type-weighted")
-SCHEDULERS: tuple[str, ...] = ("none", "plateau", "step")
-SELECTIONS: tuple[str, ...] = ("loss", "kappa", "auc")
-PRECISIONS: tuple[str, ...] = ("bf16", "fp32")
-DATA_KINDS: tuple[str, ...] = ("auto", "mura", "fracatlas", "folder", "index")
-THRESHOLD_POLICIES: tuple[str, ...] = ("youden", "sensitivity", "specificity")
-CALIBRATIONS: tuple[str, ...] = ("platt", "temperature", "none")
+from nextray_core.options import (
+    ARCHITECTURES,
+    CALIBRATIONS,
+    DATA_KINDS,
+    LOSSES,
+    PRECISIONS,
+    RECIPES,
+    SCHEDULERS,
+    SELECTIONS,
+    THRESHOLD_POLICIES,
+)
 
 # What each recipe changes relative to the defaults (the report's recipe).
 PRESETS: dict[str, dict[str, Any]] = {

@@ -14,14 +14,15 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
 
 from nextray_core.errors import ImageReadError, NotARadiographWarning
+
+if TYPE_CHECKING:
+    import pydicom
 
 MAX_PIXELS: int = 50_000_000
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -229,6 +230,9 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 def _decode_dicom(data: bytes, label: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode one DICOM frame: modality LUT, then VOI LUT or window (else min-max), bone bright."""
+    import pydicom  # here, not at the top: it costs ~1 s at every start of every command
+    from pydicom.pixels import get_decoder
+
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
         frames, bits = (
@@ -293,6 +297,8 @@ def _decode_dicom(data: bytes, label: str) -> tuple[np.ndarray, dict[str, Any]]:
 
 def _apply_luts(raw: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, str]:
     """Stored values -> [0, 1] the way a viewer shows them, and a note of the VOI step used."""
+    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+
     values = apply_modality_lut(raw, ds)  # rescale slope/intercept or modality LUT, if any
     voi = ds.get("VOILUTSequence")
     if voi and "LUTDescriptor" in voi[0] and "LUTData" in voi[0]:

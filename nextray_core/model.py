@@ -23,9 +23,7 @@ from torch import nn
 from torchvision import models
 
 from nextray_core.errors import CheckpointError, ConfigError
-
-ARCHITECTURES: tuple[str, ...] = ("resnet152", "resnet101", "densenet169")
-INITS: tuple[str, ...] = ("none", "imagenet")  # or a path to a local state dict
+from nextray_core.options import ARCHITECTURES
 
 _BUILDERS = {
     "resnet152": (models.resnet152, models.ResNet152_Weights.DEFAULT),
@@ -72,6 +70,23 @@ def build_model(
     _replace_head(model, dropout)
     freeze_first_layers(model, freeze_layers)
     return model
+
+
+def build_skeleton(arch: str = "resnet152", *, dropout: float = 0.5) -> nn.Module:
+    """The classifier's module tree on the meta device: names and shapes, no storage.
+
+    For loading a checkpoint: torchvision draws every weight at random when it builds a
+    network (about a second for ResNet-152's 60 M parameters on two cores), work that the
+    weights loaded right after would throw away. Load into it with
+    ``model.load_state_dict(state, assign=True)``.
+    """
+    with torch.device("meta"):
+        return build_model(arch, init="none", dropout=dropout)
+
+
+def state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every state-dict entry's shape (works on a skeleton)."""
+    return {name: tuple(value.shape) for name, value in model.state_dict().items()}
 
 
 def _replace_head(model: nn.Module, dropout: float) -> None:

@@ -30,10 +30,10 @@ from nextray_core.imaging import SUPPORTED_SUFFIXES
 from nextray_core.index import INDEX_COLUMNS, MURA_REGIONS, UNKNOWN_LABEL
 from nextray_core.loader import RadiographDataset
 from nextray_core.metrics import study_table as study_table  # re-exported
+from nextray_core.options import COMBINE_RULES
 from nextray_core.transforms import Preprocessing, eval_transform
 
 Member = tuple[InferenceEngine | nn.Module, ModelCard]
-COMBINE_RULES: tuple[str, ...] = ("mean", "vote")
 UNKNOWN_REGION = "unknown"
 _MURA_STUDY = re.compile(r"^study\d+_(positive|negative)$")
 

@@ -24,9 +24,9 @@ import torch
 from scipy.optimize import minimize
 from torch import nn
 
-from nextray_core.config import CALIBRATIONS as METHODS
 from nextray_core.errors import ConfigError
 from nextray_core.model import output_linear
+from nextray_core.options import CALIBRATIONS as METHODS
 
 RAW_HEAD_WEIGHT = "release.raw_head.weight"
 RAW_HEAD_BIAS = "release.raw_head.bias"

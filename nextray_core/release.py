@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from nextray_core import curves
 from nextray_core.checkpoint import ModelCard, load_checkpoint, save_checkpoint
-from nextray_core.config import THRESHOLD_POLICIES, TrainConfig
+from nextray_core.config import TrainConfig
 from nextray_core.datasets.tasks import Task
 from nextray_core.engine.calibration import DEFAULT_COUNT, calibration_tensors
 from nextray_core.errors import ConfigError
@@ -41,6 +41,7 @@ from nextray_core.files import write_text_atomic
 from nextray_core.loader import RadiographDataset
 from nextray_core.ood import KEYS as OOD_KEYS
 from nextray_core.ood import fit_ood
+from nextray_core.options import THRESHOLD_POLICIES
 from nextray_core.predict import study_table
 from nextray_core.recalibration import (
     RAW_HEAD_BIAS,

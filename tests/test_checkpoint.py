@@ -94,9 +94,29 @@ def test_weights_of_another_architecture_are_refused(saved, tmp_path):
     copy.mkdir()
     (copy / WEIGHTS_FILE).write_bytes((saved / WEIGHTS_FILE).read_bytes())
     write_card(copy, card)
-    assert verify_checkpoint(copy).architecture == "resnet101"  # the hash itself is fine
+    # the hash itself is fine, but verifying says the weights would not load
+    with pytest.raises(CheckpointError, match=r"do not fit a resnet101.*: \d+ unexpected"):
+        verify_checkpoint(copy)
     with pytest.raises(CheckpointError, match="do not fit a resnet101"):
         load_checkpoint(copy)
+
+
+def test_verify_refuses_well_formed_safetensors_of_the_wrong_tensors(tmp_path, saved):
+    from safetensors.torch import save_file
+
+    from nextray_core.checkpoint import sha256_of
+
+    copy = tmp_path / "foreign"
+    copy.mkdir()
+    save_file({"fc.1.weight": torch.zeros(1, 2048)}, copy / WEIGHTS_FILE)
+    card = read_card(saved)
+    card.weights_sha256 = sha256_of(copy / WEIGHTS_FILE)
+    write_card(copy, card)
+    with pytest.raises(
+        CheckpointError,
+        match=r"do not fit a resnet152 with a one-logit head: \d+ missing \(e\.g\. \['bn1",
+    ):
+        verify_checkpoint(copy)
 
 
 def test_non_safetensors_bytes_with_a_matching_hash_are_refused(tmp_path, saved):
@@ -111,6 +131,34 @@ def test_non_safetensors_bytes_with_a_matching_hash_are_refused(tmp_path, saved)
     write_card(copy, card)
     with pytest.raises(CheckpointError, match="not valid safetensors"):
         load_checkpoint(copy)
+    with pytest.raises(CheckpointError, match="matches its hash but is not valid safetensors"):
+        verify_checkpoint(copy)
+
+
+@pytest.mark.parametrize(
+    "name", ["../model.safetensors", "/etc/hostname", "sub/model.safetensors", "..", "C:model"]
+)
+def test_a_weights_file_outside_the_folder_is_refused(saved, tmp_path, name):
+    folder = _copy(saved, tmp_path / "escape")
+    # a real safetensors file where the card points, so only the name can be what is refused
+    (tmp_path / "model.safetensors").write_bytes((saved / WEIGHTS_FILE).read_bytes())
+    data = json.loads((folder / CARD_FILE).read_text())
+    data["weights_file"] = name
+    (folder / CARD_FILE).write_text(json.dumps(data))
+    for check in (read_card, verify_checkpoint, load_checkpoint):
+        with pytest.raises(CheckpointError, match="not a plain file name inside the checkpoint"):
+            check(folder)
+
+
+def test_a_shard_name_outside_the_folder_is_refused(sharded, tmp_path):
+    folder = _copy(sharded, tmp_path / "escape")
+    outside = tmp_path / "model-00001-of-00003.safetensors"
+    outside.write_bytes(_shard_paths(folder)[0].read_bytes())
+    data = json.loads((folder / CARD_FILE).read_text())
+    data["weights_shards"][0]["file"] = "../model-00001-of-00003.safetensors"  # fits the pattern
+    (folder / CARD_FILE).write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"weights_shards file '\.\./model-00001"):
+        verify_checkpoint(folder)
 
 
 # --- sharded weights (files capped at max_file_mb) ------------------------------------------

@@ -247,3 +247,28 @@ def test_a_run_names_its_classes_and_older_runs_read_as_mura(tmp_path, ensemble_
     assert meta.pop("classes") == {"negative": "normal", "positive": "abnormal"}
     (older / RUN_FILE).write_text(json.dumps(meta))
     assert read_run(older).class_names == ("normal", "abnormal")
+
+
+def test_a_small_evaluation_answers_in_fp32_like_predict(resnet152, tmp_path, monkeypatch, capsys):
+    # a checkpoint WITH calibration images: auto would otherwise build and check a fast path
+    from nextray_core.datasets import load_dataset
+    from nextray_core.engine import calibration_tensors
+    from nextray_core.engine.engine import SMALL_JOB
+
+    folder = tmp_path / "calibrated"
+    card = ModelCard(name="calibrated", preprocessing=Preprocessing(size=64).to_dict())
+    calibration = calibration_tensors(load_dataset("fracatlas", FRACATLAS_MINI), size=64, count=8)
+    save_checkpoint(resnet152, folder, card, extra_tensors=calibration)
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("a small evaluation built a fast path")
+
+    monkeypatch.setattr("nextray_core.engine.engine.export_onnx", must_not_build)
+    monkeypatch.setattr("nextray_core.engine.engine.TorchBf16", must_not_build)
+    out = tmp_path / "run"
+    argv = ["evaluate", "--checkpoint", str(folder), "--data", str(FRACATLAS_MINI)]
+    assert main([*argv, "--out", str(out), "--bootstrap", "0", "--backend", "auto"]) == 0
+    meta = json.loads((out / RUN_FILE).read_text())
+    images = meta["counts"]["images"]
+    assert images < SMALL_JOB and meta["backends"] == ["torch-fp32"]
+    assert f"auto, {images} image(s): fp32 is ready at once" in capsys.readouterr().err

@@ -215,11 +215,15 @@ def test_bad_method_target_or_training_mode_is_refused(model, batch):
         model.eval()
 
 
-def test_command_lists_match_the_library():
-    from nextray_core.commands import explain as command
-    from nextray_core.explain import TARGETS
+def test_every_library_method_names_a_pytorch_grad_cam_class():
+    # the names live in the torch-free nextray_core.options; a renamed class upstream fails here
+    import pytorch_grad_cam
 
-    assert command.METHODS == METHODS and command.TARGETS == TARGETS
+    from nextray_core.options import LIBRARY_METHODS
+
+    assert set(METHODS) == {"cam", *LIBRARY_METHODS}
+    for name in LIBRARY_METHODS.values():
+        assert isinstance(getattr(pytorch_grad_cam, name), type), name
 
 
 # --- overlays -------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ import streamlit as st
 from dashboard import inference, state
 from nextray_core.engine.answer import map_method
 from nextray_core.errors import NextRayError
-from nextray_core.explain import METHODS, TARGETS
 from nextray_core.index import MURA_REGIONS
 from nextray_core.metrics import predicted_labels, study_table
+from nextray_core.options import METHODS, TARGETS
 from nextray_core.predict import UNKNOWN_REGION
 
 st.title("Predict")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from nextray_core.errors import NextRayError
 from nextray_core.files import write_text_atomic
+from nextray_core.options import DATA_KINDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,9 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="MURA (the folder containing MURA-v1.1), FracAtlas, a folder with normal/ and "
         "abnormal/, or an index CSV",
     )
-    index.add_argument(
-        "--kind", default="auto", choices=["auto", "mura", "fracatlas", "folder", "index"]
-    )
+    index.add_argument("--kind", default="auto", choices=DATA_KINDS)
     index.add_argument("--seed", type=int, default=0, help="seed of the patient-level splits")
     index.add_argument("--out", type=Path, help="write the index table to this CSV")
     index.set_defaults(handler=run_index)
@@ -55,6 +54,7 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_card(args: argparse.Namespace) -> int:
+    from nextray_core.card_text import format_card_metrics
     from nextray_core.checkpoint import verify_checkpoint
 
     card = verify_checkpoint(args.checkpoint)
@@ -63,11 +63,17 @@ def run_card(args: argparse.Namespace) -> int:
         return 0
     print(f"name:          {card.name}")
     print(f"architecture:  {card.architecture} (dropout {card.dropout}), input {card.prep.size}px")
-    print(f"threshold:     {card.default_threshold}")
+    print(f"classes:       {card.negative_class} / {card.positive_class} (positive)")
+    print(f"threshold:     {card.default_threshold:g}")
     print(f"task:          {card.task}")
     print(f"intended use:  {card.intended_use}")
     files = ", ".join(card.weight_file_names)
-    print(f"weights:       {files} ({card.weights_dtype}), sha256 verified")
+    print(
+        f"weights:       {files} ({card.weights_dtype}): sha256 matches the card and the tensors "
+        f"fit a {card.architecture} (an integrity check, not a signature)"
+    )
+    print()
+    print(format_card_metrics(card.metrics))
     return 0
 
 

@@ -12,13 +12,7 @@ from pathlib import Path
 
 from nextray_core.errors import ConfigError, DatasetError
 from nextray_core.files import write_text_atomic
-
-DATA_KINDS = ("auto", "mura", "fracatlas", "folder", "index")
-COMBINE_RULES = ("mean", "vote")
-
-
-# nextray_core.engine.BACKEND_CHOICES, spelled out so that --help does not import torch
-BACKEND_CHOICES = ("auto", "onnx-int8", "torch-bf16", "torch-mixed", "torch-fp32")
+from nextray_core.options import BACKEND_CHOICES, COMBINE_RULES, DATA_KINDS
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +47,33 @@ def say_backend(path, engine) -> None:
     """Which inference path answers for ``path`` (on stderr: stdout is for results)."""
     reason = f" ({engine.reason})" if engine.reason else ""
     print(f"{path}: {engine.backend_name}{reason}", file=sys.stderr)
+
+
+NOTE_WIDTH = 72  # the console table's note column; a longer note continues on the next lines
+
+
+def wrap_column(frame, column: str, width: int):
+    """Rows whose ``column`` is longer than ``width`` continue on extra rows (other cells blank),
+    so a console table shows a whole note, the fix it names included, instead of cutting it."""
+    import textwrap
+
+    import pandas as pd
+
+    rows = []
+    for record in frame.to_dict("records"):
+        text = str(record[column]) if pd.notna(record[column]) else ""
+        lines = textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False) or [""]
+        rows.append({**record, column: lines[0]})
+        blank = dict.fromkeys(frame.columns, "")
+        rows += [{**blank, column: line} for line in lines[1:]]
+    return pd.DataFrame(rows, columns=frame.columns).astype(object).fillna("")
+
+
+def left_aligned(frame, columns: list[str]) -> str:
+    """``frame.to_string`` with ``columns`` (text: paths, notes) left-aligned, numbers right."""
+    widths = {c: max([len(c), *(len(str(v)) for v in frame[c])]) for c in columns}
+    formatters = {c: (lambda v, w=widths[c]: str(v).ljust(w)) for c in columns}
+    return frame.to_string(index=False, formatters=formatters, justify="left")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -185,7 +206,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     data_seed = _data_seed(args, cards)
     rows, regions = _select(load_dataset(kind, args.data, seed=data_seed), args)
 
-    members = load_members(args, device)
+    # the same small-job rule as predict and explain: ~100 images are answered in fp32 at once
+    # instead of paying seconds (or a minute, the first time) for a fast path they cannot repay
+    members = load_members(args, device, n_images=len(rows))
     predictions = predict_index(
         members,
         rows,
@@ -308,10 +331,10 @@ def run_predict(args: argparse.Namespace) -> int:
         shown = images.assign(
             image=images["image_path"],
             probability=images["probability"].round(3),
-            note=(images["error"] + images["warning"]).str.slice(0, 120),
-        )
+            note=images["error"] + images["warning"],
+        )[["image", "probability", "verdict", "note"]]
         print(f"Images (threshold {threshold:g}; {positive} when probability >= threshold)")
-        print(shown[["image", "probability", "verdict", "note"]].to_string(index=False))
+        print(left_aligned(wrap_column(shown, "note", NOTE_WIDTH), ["image", "note"]))
         print("\nStudies (probability = mean of the views)")
         shown = studies.assign(probability=studies["probability"].round(3))
         print(

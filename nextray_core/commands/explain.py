@@ -18,6 +18,7 @@ from pathlib import Path
 from nextray_core.commands.evaluate import add_backend_argument, say_backend
 from nextray_core.errors import NextRayError
 from nextray_core.files import write_text_atomic
+from nextray_core.options import METHODS, TARGETS
 
 CSV_NAME = "explanations.csv"
 _DESCRIPTION = """\
@@ -29,21 +30,6 @@ each map gets a score in [-1, 1] (higher = more faithful); checkpoints with OOD 
 ood_distance and ood_flag. Exit code: 0 if at least one image was explained, 1 if every file
 failed, 2 for a usage error (bad checkpoint, no files).
 """
-# Copies of explain.methods.METHODS / TARGETS (a test keeps them equal): importing that module
-# here would load torch for every ``nextray --help``.
-METHODS = (
-    "cam",
-    "gradcam",
-    "gradcam++",
-    "hirescam",
-    "xgradcam",
-    "layercam",
-    "scorecam",
-    "eigencam",
-    "gradcam-layer3",
-    "layercam-layer3",
-)
-TARGETS = ("abnormal", "normal")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nextray_core.config import CALIBRATIONS, DATA_KINDS, THRESHOLD_POLICIES
+from nextray_core.options import CALIBRATIONS, DATA_KINDS, THRESHOLD_POLICIES
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -21,8 +21,8 @@ from nextray_core.datasets.synthetic import make_synthetic_mura
 from nextray_core.datasets.tasks import FRACATLAS_TASK, MURA_TASK, Task, dataset_task
 from nextray_core.errors import ConfigError, DatasetError
 from nextray_core.index import INDEX_COLUMNS, make_index
+from nextray_core.options import DATASET_KINDS
 
-DATASET_KINDS: tuple[str, ...] = ("mura", "fracatlas", "folder", "index")
 ACCEPTED_LAYOUTS = (
     "a folder containing MURA-v1.1 (or MURA-v1.1 itself); a FracAtlas folder "
     "(images/Fractured/ with dataset.csv as published, or with manifest_original.csv); a "

@@ -4,7 +4,6 @@
 """
 
 from nextray_core.engine.answer import Answer, answer_radiograph
-from nextray_core.engine.backends import BACKENDS
 from nextray_core.engine.calibration import add_calibration, calibration_tensors
 from nextray_core.engine.engine import (
     BACKEND_CHOICES,
@@ -16,6 +15,7 @@ from nextray_core.engine.engine import (
     load_engine,
 )
 from nextray_core.engine.guard import LIMITS, GuardResult, compare
+from nextray_core.options import BACKENDS
 
 __all__ = [
     "BACKENDS",

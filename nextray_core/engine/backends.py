@@ -35,7 +35,11 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from nextray_core.explain.cam import CamResult, feature_stages, head_outputs, predict_with_cam
 from nextray_core.model import output_linear
 
-BACKENDS: tuple[str, ...] = ("onnx-int8", "torch-bf16", "torch-mixed", "torch-fp32")
+# ONNX Runtime (1.29+, Linux and macOS too) writes a device id under ~/.cache/Microsoft and queues
+# usage events for Microsoft unless this is set before it starts; neXt-Ray sends nothing. Set
+# here, before any of our code imports onnxruntime (a user's explicit setting is kept).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 # leading stages kept fp32 by torch-mixed (a ResNet's stem and layer1)
 MIXED_FP32_STAGES = 5
 
@@ -260,6 +264,7 @@ class OnnxInt8:
     def __init__(self, path: Path, threads: int) -> None:
         import onnxruntime as ort
 
+        ort.disable_telemetry_events()  # the Windows (ETW) provider ignores the variable
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

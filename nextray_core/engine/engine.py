@@ -29,7 +29,6 @@ from torch import nn
 from nextray_core import __version__
 from nextray_core.checkpoint import ModelCard, load_checkpoint
 from nextray_core.engine.backends import (
-    BACKENDS,
     MIXED_FP32_STAGES,
     Backend,
     OnnxInt8,
@@ -46,11 +45,11 @@ from nextray_core.explain.cam import CamResult
 from nextray_core.explain.methods import Explanation, explain_batch
 from nextray_core.files import write_text_atomic
 from nextray_core.ood import OodModel, load_ood
+from nextray_core.options import BACKEND_CHOICES
 from nextray_core.transforms import as_image_tensor, eval_transform
 
 CALIBRATION_IMAGES = "calibration.images"
 CALIBRATION_LABELS = "calibration.labels"
-BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
 _GUARD_FORMAT = 2
 # Below this many images `auto` answers in fp32: loading the demo's compiled fast path takes
 # ~7 s on 2 CPU cores from the cache (building it, about a minute) and it saves ~33 ms an image

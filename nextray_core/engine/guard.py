@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from nextray_core.explain.cam import CamResult
 
@@ -67,6 +66,8 @@ def compare(
         known = np.asarray(labels) >= 0
         y = np.asarray(labels)[known]
         if len(np.unique(y)) == 2:
+            from sklearn.metrics import roc_auc_score  # ~1-2 s to import: only when guarding
+
             dauc = abs(float(roc_auc_score(y, p_ref[known]) - roc_auc_score(y, p_new[known])))
     corr = map_correlations(
         reference.cams_abnormal.cpu().numpy(), candidate.cams_abnormal.cpu().numpy()

@@ -50,22 +50,7 @@ from nextray_core.explain.cam import (
     head_logits,
     predict_with_cam,
 )
-
-LIBRARY_METHODS: dict[str, str] = {
-    "gradcam": "GradCAM",
-    "gradcam++": "GradCAMPlusPlus",
-    "hirescam": "HiResCAM",
-    "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM",
-    "scorecam": "ScoreCAM",
-    "eigencam": "EigenCAM",
-}
-# The same library methods on layer3's maps (ResNets): 2x finer than layer4 (20 x 20 at 320 px),
-# for fractures smaller than one layer4 cell; layer4 and the head run on top with detached
-# weights, so backward still reaches only the tapped maps.
-FINE_METHODS: dict[str, str] = {"gradcam-layer3": "GradCAM", "layercam-layer3": "LayerCAM"}
-METHODS: tuple[str, ...] = ("cam", *LIBRARY_METHODS, *FINE_METHODS)
-TARGETS: tuple[str, ...] = ("abnormal", "normal")
+from nextray_core.options import FINE_METHODS, LIBRARY_METHODS, METHODS, TARGETS
 
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
