@@ -92,6 +92,16 @@ def format_card_metrics(metrics: Mapping[str, Any]) -> str:
     for name, value in metrics.items():
         if is_metric_table(value):
             parts.append(f"{name}:\n{format_metric_table(value)}")
+        elif isinstance(value, Mapping) and any(is_metric_table(v) for v in value.values()):
+            # a run's metrics.json shape (release writes it as "validation"): its threshold,
+            # then one table per level (image, study)
+            if _is_plain(value.get("threshold")):
+                parts.append(f"{name}: at threshold {_plain(value['threshold'])}")
+            parts += [
+                f"{name} ({level}):\n{format_metric_table(table)}"
+                for level, table in value.items()
+                if is_metric_table(table)
+            ]
         elif _is_plain(value):
             parts.append(f"{name}: {_plain(value)}")
         elif isinstance(value, Mapping) and value and all(_is_plain(v) for v in value.values()):

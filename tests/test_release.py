@@ -76,7 +76,7 @@ def test_tasks_and_class_names_come_from_the_data(tmp_path):
 
 # ---------------------------------------------------------------- nextray train -> release
 @pytest.mark.slow
-def test_train_on_fracatlas_releases_a_complete_checkpoint(tmp_path, random_init):
+def test_train_on_fracatlas_releases_a_complete_checkpoint(tmp_path, random_init, capsys):
     out = tmp_path / "run"
     assert _train(FRACATLAS_MINI, out, random_init) == 0
     card = verify_checkpoint(out / "best")
@@ -93,6 +93,11 @@ def test_train_on_fracatlas_releases_a_complete_checkpoint(tmp_path, random_init
     assert release["policy"]["threshold"] == "youden" and "validation" in release["threshold"]
     overall = card.metrics["validation"]["image"]["overall"]
     assert {"auc", "auc_low", "auc_high", "sensitivity", "specificity"} <= set(overall)
+
+    capsys.readouterr()
+    assert main(["card", str(out / "best")]) == 0
+    printed = capsys.readouterr().out
+    assert "validation (study):" in printed and "AUC (95% CI)" in printed
 
     _, _, extras = load_checkpoint(out / "best")
     assert set(OOD_KEYS) <= set(extras) and card.extra["ood"]["threshold"] > 0
