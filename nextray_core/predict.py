@@ -4,14 +4,14 @@ One or more checkpoints (an ensemble) score every image; members that share a pr
 share one pass over the data, members with another input size get their own pass. The ensemble's
 probability is the mean of its members' probabilities, or with ``combine='vote'`` the share of
 members that call the image abnormal at their own card's threshold. A study's probability is the
-arithmetic mean of its views' (the MURA convention). Thresholds are applied later, never here.
+arithmetic mean of its views' (the MURA convention), leaving out by default the views that
+``sanity`` or the OOD score flagged. Thresholds are applied later, never here.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -25,10 +25,11 @@ from tqdm.auto import tqdm
 from nextray_core.checkpoint import ModelCard
 from nextray_core.engine import InferenceEngine, build_engine
 from nextray_core.errors import ConfigError, DatasetError, NextRayError
-from nextray_core.imaging import SUPPORTED_SUFFIXES
+from nextray_core.imaging import SUPPORTED_SUFFIXES, read_radiograph
 from nextray_core.index import INDEX_COLUMNS, MURA_REGIONS, UNKNOWN_LABEL
 from nextray_core.loader import RadiographDataset
-from nextray_core.transforms import Preprocessing, eval_transform
+from nextray_core.sanity import check_radiograph, codes, excluded, messages, ood_note
+from nextray_core.transforms import Preprocessing, as_image_tensor, eval_transform
 
 Member = tuple[InferenceEngine | nn.Module, ModelCard]
 COMBINE_RULES: tuple[str, ...] = ("mean", "vote")
@@ -115,26 +116,22 @@ def _as_engine(member: InferenceEngine | nn.Module, card: ModelCard, device: tor
 
 
 class _ReportingDataset(RadiographDataset):
-    """A RadiographDataset that reports an unreadable image instead of failing the whole pass."""
+    """A RadiographDataset that checks each image (``sanity``) and reports an unreadable or
+    unusable one instead of failing the whole pass: items carry (error, flag codes, notes)."""
 
     def __init__(self, index: pd.DataFrame, prep: Preprocessing) -> None:
         super().__init__(index, eval_transform(prep))
         self.size = prep.size
 
     def __getitem__(self, position: int):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                image, label, _ = super().__getitem__(position)
-                error = ""
-            except NextRayError as exc:
-                image, label, error = (
-                    torch.zeros(3, self.size, self.size),
-                    self.labels[position],
-                    str(exc),
-                )
-        warning = "; ".join(str(w.message) for w in caught)
-        return image, label, position, error, warning
+        label = self.labels[position]
+        try:
+            radiograph = read_radiograph(self.paths[position], warn=False)
+            notes = check_radiograph(radiograph)
+        except NextRayError as exc:
+            return torch.zeros(3, self.size, self.size), label, position, str(exc), "", ""
+        image = self.transform(as_image_tensor(torch.from_numpy(radiograph.to_uint8())))
+        return image, label, position, "", codes(excluded(notes)), messages(notes)
 
 
 def predict_index(
@@ -151,7 +148,10 @@ def predict_index(
     """The index rows plus ``probability`` (and ``prob_0``... for ensembles), in index order.
 
     ``on_error='raise'`` stops with a ``DatasetError`` naming every unreadable image after the
-    pass; ``'report'`` keeps going and adds ``error`` and ``warning`` columns (probability NaN).
+    pass (``sanity`` refusals included); ``'report'`` keeps going and adds ``error`` (probability
+    NaN), ``flags`` (``sanity`` codes that leave the view out of its study's verdict, ``ood``
+    included), ``warning`` (every note's message) and ``ood_score``/``ood_threshold`` (the
+    member furthest over its threshold; NaN without OOD statistics) columns.
     """
     _check_combine(combine)
     if not models:
@@ -164,7 +164,8 @@ def predict_index(
     index = index.reset_index(drop=True)
     n, m = len(index), len(models)
     probs = np.full((n, m), np.nan)
-    errors, notes = [""] * n, [""] * n
+    errors, flags, notes = [""] * n, [[] for _ in range(n)], [[] for _ in range(n)]
+    ood_score, ood_limit = np.full(n, np.nan), np.full(n, np.nan)
 
     by_prep: dict[Preprocessing, list[int]] = {}
     for i, (_, card) in enumerate(models):
@@ -180,14 +181,25 @@ def predict_index(
         )
         batches = tqdm(loader, desc=f"predicting ({prep.size}px)", disable=not progress or n == 0)
         with torch.inference_mode():
-            for images, _, positions, batch_errors, batch_notes in batches:
+            for images, _, positions, batch_errors, batch_flags, batch_notes in batches:
                 x = images.to(device, non_blocking=True)
                 rows = positions.numpy()
                 for i, engine in zip(members, engines, strict=True):
-                    probs[rows, i] = engine.run(x).probabilities.cpu().numpy()
-                for row, error, note in zip(rows, batch_errors, batch_notes, strict=True):
+                    result = engine.run(x)
+                    probs[rows, i] = result.probabilities.cpu().numpy()
+                    if engine.ood is not None:
+                        scores = engine.ood.score(result.pooled_features).cpu().numpy()
+                        limit = engine.ood.threshold
+                        worse = ~(scores / limit <= ood_score[rows] / ood_limit[rows])
+                        ood_score[rows] = np.where(worse, scores, ood_score[rows])
+                        ood_limit[rows] = np.where(worse, limit, ood_limit[rows])
+                for row, error, flag, note in zip(
+                    rows, batch_errors, batch_flags, batch_notes, strict=True
+                ):
                     errors[row] = errors[row] or error
-                    notes[row] = notes[row] or note
+                    if not errors[row] and not flags[row] and not notes[row]:  # once per image
+                        flags[row] += [f for f in flag.split(";") if f]
+                        notes[row] += [note] if note else []
     failed = [i for i, e in enumerate(errors) if e]
     probs[failed] = np.nan
     if failed and on_error == "raise":
@@ -204,8 +216,16 @@ def predict_index(
     thresholds = [card.default_threshold for _, card in models]
     result["probability"] = combine_probabilities(probs, thresholds, combine)
     if on_error == "report":
+        over = ood_score > ood_limit  # NaN (no statistics, unreadable) compares False
+        for row in np.flatnonzero(over & ~np.array([bool(e) for e in errors], dtype=bool)):
+            note = ood_note(Path(index.at[row, "image_path"]).name, ood_score[row], ood_limit[row])
+            flags[row].append(note.code)
+            notes[row].append(note.message)
         result["error"] = errors
-        result["warning"] = notes
+        result["flags"] = [";".join(f) for f in flags]
+        result["warning"] = [" | ".join(m) for m in notes]
+        result["ood_score"] = ood_score
+        result["ood_threshold"] = ood_limit
     return result
 
 
@@ -286,16 +306,40 @@ def predict_files(
     )
 
 
-def study_table(image_rows: pd.DataFrame, *, probability: str = "probability") -> pd.DataFrame:
+def study_table(
+    image_rows: pd.DataFrame, *, probability: str = "probability", keep_flagged: bool = False
+) -> pd.DataFrame:
     """One row per study: its probability is the mean of its views' (NaN views skipped).
 
-    Columns: study_id, patient_id, region, label, split (when present), n_views (views with a
-    probability), probability and the per-member columns averaged the same way.
+    Views with ``flags`` (``sanity`` codes such as ``ood``, ``inverted``, ``colour_photo``: see
+    ``predict_index``) are left out of the mean unless ``keep_flagged``; a study whose every view
+    is flagged gets no probability. Columns: study_id, patient_id, region, label, split (when
+    present), n_views (views that went into the mean), probability and the per-member columns
+    averaged the same way; with a ``flags`` column also n_left_out and left_out (why, e.g.
+    "ood x2, inverted x1").
     """
     first = [c for c in ("patient_id", "region", "label", "split") if c in image_rows.columns]
     averaged = [c for c in image_rows.columns if re.fullmatch(r"prob_\d+", c)] + [probability]
-    grouped = image_rows.groupby("study_id", sort=False)
+    flagged = pd.Series(False, index=image_rows.index)
+    if "flags" in image_rows.columns and not keep_flagged:
+        flagged = image_rows["flags"].fillna("").astype(str) != ""
+    used = image_rows.copy()
+    used.loc[flagged, averaged] = np.nan
+    grouped = used.groupby("study_id", sort=False)
     studies = grouped[first].first()
     studies["n_views"] = grouped[probability].count()
     studies[averaged] = grouped[averaged].mean()
+    if "flags" in image_rows.columns:
+        left = image_rows[flagged & image_rows[probability].notna()]
+        studies["n_left_out"] = left.groupby("study_id").size().reindex(studies.index).fillna(0)
+        studies["n_left_out"] = studies["n_left_out"].astype(int)
+        studies["left_out"] = (
+            left.groupby("study_id")["flags"].agg(_why_left_out).reindex(studies.index).fillna("")
+        )
     return studies.reset_index()
+
+
+def _why_left_out(flags: pd.Series) -> str:
+    """'ood x2, inverted x1' from the ``;``-joined flag codes of a study's left-out views."""
+    counts = pd.Series([c for cell in flags for c in str(cell).split(";") if c]).value_counts()
+    return ", ".join(f"{code} x{count}" for code, count in counts.items())

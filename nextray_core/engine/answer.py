@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from nextray_core.engine.engine import InferenceEngine
-from nextray_core.imaging import colour_photo_message, read_radiograph
+from nextray_core.imaging import read_radiograph
+from nextray_core.sanity import Note, check_radiograph, ood_note
 from nextray_core.transforms import as_image_tensor, eval_transform
 
 
@@ -34,8 +35,14 @@ class Answer:
     ood_distance: float | None = None
     ood_flag: bool = False
     ood_threshold: float | None = None
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # the findings' messages, in order
     metadata: dict = field(default_factory=dict)
+    findings: tuple[Note, ...] = ()  # sanity checks and the OOD flag, in sanity's vocabulary
+
+    @property
+    def flagged(self) -> bool:
+        """True if this view should be left out of its study's verdict by default."""
+        return any(note.excludes for note in self.findings)
 
 
 def answer_radiograph(
@@ -46,14 +53,15 @@ def answer_radiograph(
     method: str = "cam",
     target: str = "abnormal",
 ) -> Answer:
-    """Read ``source`` (raises ImageReadError for a bad file) and answer it.
+    """Read ``source`` and answer it; raises ImageReadError for a bad file and
+    ``sanity.UnusableImageError`` for one that decodes but cannot be read (blank, 1x1, ...).
 
     ``method='cam'`` runs through the engine's fast backend; pytorch-grad-cam's methods need
     gradients or hooks and run on the fp32 model (``InferenceEngine.explain``).
     """
     radiograph = read_radiograph(source, name=name, warn=False)
     label = radiograph.metadata["name"]
-    notes = (colour_photo_message(label),) if radiograph.metadata.get("colour_photo") else ()
+    findings = list(check_radiograph(radiograph))
     pixels = radiograph.to_uint8()
     batch = eval_transform(engine.card.prep)(as_image_tensor(torch.from_numpy(pixels)))[None]
     explained = engine.explain(batch, method, target)
@@ -62,6 +70,8 @@ def answer_radiograph(
     if engine.ood is not None:
         distance, limit = float(engine.ood.score(pooled)[0]), engine.ood.threshold
         flag = distance > limit  # as OodModel.flags, without scoring twice
+        if flag:
+            findings.append(ood_note(label, distance, limit))
     return Answer(
         name=label,
         probability=float(explained.probabilities[0]),
@@ -73,6 +83,7 @@ def answer_radiograph(
         ood_distance=distance,
         ood_flag=flag,
         ood_threshold=limit,
-        notes=notes,
+        notes=tuple(note.message for note in findings),
         metadata=dict(radiograph.metadata),
+        findings=tuple(findings),
     )
