@@ -11,9 +11,11 @@ with a stable ``code`` (for CSV columns and tests) and a message that names the 
 
 Thresholds were set on the 601 FracAtlas validation images (512 px derivative) and their
 inversions: the 1st-99th percentile span is at least 0.34 there (``low_contrast`` < 0.15), at
-least 172 distinct grey levels (``flat_blocks`` < 32), and the polarity rule (border median
-> 0.6 and image median > 0.5) flags none of them and 98.7% of their inversions. Polarity is
-only noted, never flipped: a wrong flip would be a silent, confident error.
+least 172 distinct grey levels (``flat_blocks`` < 32; so is one bright level covering half
+the image: a document, while a radiograph's modal level is black air), and the polarity rule
+(border median > 0.6 and image median > 0.5) flags none of them and 98.7% of their
+inversions. Polarity is only noted, never flipped: a wrong flip would be a silent, confident
+error.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ MIN_SIDE = 32  # pixels; MURA's and FracAtlas's smallest views are hundreds of p
 BLANK_SPAN = 0.02  # 1st-99th percentile span below ~5 grey levels of 255: nothing to read
 LOW_CONTRAST_SPAN = 0.15
 MIN_GREY_LEVELS = 32
+BRIGHT_FLAT_FRACTION = 0.5  # radiographs' modal level is black air (up to 69% of FracAtlas val)
 INVERTED_BORDER = 0.6
 INVERTED_MEDIAN = 0.5
 _BORDER = 0.06  # the outer 6% of the shorter side is the frame whose median tells polarity
@@ -83,7 +86,8 @@ def check_radiograph(radiograph: Radiograph, *, refuse: bool = True) -> tuple[No
     notes = [_size_note(radiograph.pixels, label)]
     if notes[0] is None:
         notes = [*_pixel_notes(radiograph.pixels, label)]
-    if meta.get("colour_photo"):
+    if meta.get("colour_photo"):  # a photo's polarity means nothing: say what it is instead
+        notes = [n for n in notes if n is None or n.code != "inverted"]
         notes.append(Note("colour_photo", colour_photo_message(label)))
     if meta.get("rescaled_from"):
         bits = meta["effective_bits"]
@@ -157,36 +161,47 @@ def _pixel_notes(pixels: np.ndarray, label: str) -> list[Note]:
                 "radiograph again (check the window / level and that the right file was sent)",
             )
         ]
-    notes = []
-    levels = len(np.unique(np.round(x * 255)))
-    if levels < MIN_GREY_LEVELS:
-        notes.append(
-            Note(
-                "flat_blocks",
-                f"{label} has only {levels} distinct grey levels: a drawing, a screenshot or "
-                "flat colour blocks rather than a radiograph; the probability means nothing",
-            )
-        )
-    elif span < LOW_CONTRAST_SPAN:
-        notes.append(
+    if span < LOW_CONTRAST_SPAN:
+        return [
             Note(
                 "low_contrast",
                 f"{label} has very little contrast (1st-99th percentile span {span:.0%} of the "
                 "grey range): over- or under-exposed, or exported with a narrow window; "
                 "the probability is unreliable. Re-export it with the viewer's default window",
             )
+        ]
+    grey = np.round(x * 255).astype(np.int64)
+    counts = np.bincount(grey.ravel(), minlength=256)
+    levels, modal = int((counts > 0).sum()), int(counts.argmax())
+    if levels < MIN_GREY_LEVELS or (
+        counts[modal] > BRIGHT_FLAT_FRACTION * grey.size and modal > 127
+    ):
+        what = (
+            f"only {levels} distinct grey levels"
+            if levels < MIN_GREY_LEVELS
+            else (
+                f"a flat bright background ({counts[modal] / grey.size:.0%} of the pixels at one "
+                "grey level)"
+            )
         )
+        return [
+            Note(
+                "flat_blocks",
+                f"{label} has {what}: a document, a drawing, a screenshot or flat colour "
+                "blocks rather than a radiograph; the probability means nothing",
+            )
+        ]
     border = _border_median(x)
     if border > INVERTED_BORDER and median > INVERTED_MEDIAN:
-        notes.append(
+        return [
             Note(
                 "inverted",
                 f"{label} looks inverted (bright background, dark bone; border median "
                 f"{border:.2f}): a negative, or a MONOCHROME1 image saved without its "
                 "photometric tag. Invert it (bone bright) and try again; it was not flipped",
             )
-        )
-    return notes
+        ]
+    return []
 
 
 def _border_median(x: np.ndarray) -> float:
