@@ -188,7 +188,7 @@ def predict_index(
                     result = engine.run(x)
                     probs[rows, i] = result.probabilities.cpu().numpy()
                     if engine.ood is not None:
-                        scores = engine.ood.score(result.pooled_features).cpu().numpy()
+                        scores = engine.ood_score(x, result).numpy()
                         limit = engine.ood.threshold
                         worse = ~(scores / limit <= ood_score[rows] / ood_limit[rows])
                         ood_score[rows] = np.where(worse, scores, ood_score[rows])

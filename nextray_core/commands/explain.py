@@ -151,7 +151,7 @@ def run_explain(args: argparse.Namespace) -> int:
                 if args.faithfulness
                 else None
             )
-            distances = ood.score(result.pooled_features).cpu() if ood else None
+            distances = engine.ood_score(batch, result)
             for i, (path, image, note) in enumerate(images):
                 name = _overlay_name(path, used)
                 rgb = overlay(

@@ -8,16 +8,18 @@ image's metadata), which keeps concurrent dashboard sessions from racing on the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import pandas as pd
 import torch
 
 from nextray_core.engine.engine import InferenceEngine
 from nextray_core.imaging import read_radiograph
-from nextray_core.sanity import Note, check_radiograph, ood_note
+from nextray_core.sanity import Note, check_radiograph, codes, excluded, ood_note
 from nextray_core.transforms import as_image_tensor, eval_transform
 
 
@@ -65,10 +67,9 @@ def answer_radiograph(
     pixels = radiograph.to_uint8()
     batch = eval_transform(engine.card.prep)(as_image_tensor(torch.from_numpy(pixels)))[None]
     explained = engine.explain(batch, method, target)
-    pooled = explained.pooled_features
     distance, flag, limit = None, False, None
     if engine.ood is not None:
-        distance, limit = float(engine.ood.score(pooled)[0]), engine.ood.threshold
+        distance, limit = float(engine.ood_score(batch, explained)[0]), engine.ood.threshold
         flag = distance > limit  # as OodModel.flags, without scoring twice
         if flag:
             findings.append(ood_note(label, distance, limit))
@@ -86,4 +87,27 @@ def answer_radiograph(
         notes=tuple(note.message for note in findings),
         metadata=dict(radiograph.metadata),
         findings=tuple(findings),
+    )
+
+
+def answers_table(
+    answers: Sequence[Answer], *, study_id: str = "uploaded study", region: str = "unknown"
+) -> pd.DataFrame:
+    """The views of one study as image rows (index columns, probability, flags) for
+    ``predict.study_table``, which leaves flagged views out of the study's mean."""
+    return pd.DataFrame(
+        {
+            "image_path": [a.name for a in answers],
+            "study_id": study_id,
+            "patient_id": study_id,
+            "region": region,
+            "label": -1,
+            "split": "upload",
+            "probability": [a.probability for a in answers],
+            "flags": [codes(excluded(a.findings)) for a in answers],
+        },
+        columns=[
+            *("image_path", "study_id", "patient_id", "region", "label", "split"),
+            *("probability", "flags"),
+        ],
     )
