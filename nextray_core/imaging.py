@@ -39,6 +39,7 @@ _OTHER = {
     b"PK\x03\x04": "a ZIP archive",
 }
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_DATA_BITS = (8, 10, 12, 14)  # what 16-bit PNG exports commonly hold, when not 16
 # A colour photograph has many clearly coloured pixels; MURA's few RGB PNGs differ between
 # channels by a few grey levels at most. Thresholds: chroma (max - min channel) above 40 of 255
 # in more than 5% of the pixels (coloured arrows or labels on a radiograph stay well below).
@@ -210,16 +211,48 @@ def _decode_pil(data: bytes, fmt: str, label: str) -> tuple[np.ndarray, dict[str
             img = ImageOps.exif_transpose(img)  # phones and some scanners store rotated pixels
         except Exception as exc:
             raise ImageReadError(f"{label} is truncated or corrupt ({exc}); {_FIX}") from exc
-    colour = False
-    if mode in _SIXTEEN_BIT_MODES:  # 16-bit PNG: scale by the bit depth, not by the maximum
-        pixels, bit_depth = np.asarray(img, dtype=np.float32) / 65535.0, 16
+    colour, extra = False, {}
+    if mode in _SIXTEEN_BIT_MODES:  # 16-bit PNG: scale by the bits the data really uses
+        values = np.asarray(img, dtype=np.float32)
+        bits, extra = _effective_bits(values, data)
+        pixels, bit_depth = values / float(2**bits - 1), 16
     elif mode in ("1", "L", "LA"):
         gray = img.getchannel("L") if mode == "LA" else img.convert("L")  # alpha dropped
         pixels, bit_depth = np.asarray(gray, dtype=np.float32) / 255.0, 1 if mode == "1" else 8
     else:  # RGB, RGBA, P, PA, CMYK, YCbCr: alpha dropped, not composited
         rgb = np.asarray(img.convert("RGBA" if "A" in mode else "RGB"))[..., :3]
         pixels, colour, bit_depth = _luma(rgb) / 255.0, looks_like_colour_photo(rgb), 8
-    return pixels, {"bit_depth": bit_depth, "mode": mode, "colour_photo": colour}
+    return pixels, {"bit_depth": bit_depth, "mode": mode, "colour_photo": colour, **extra}
+
+
+def _effective_bits(values: np.ndarray, data: bytes) -> tuple[int, dict[str, Any]]:
+    """How many of a 16-bit PNG's bits hold data: its sBIT chunk if that fits the values, else
+    the smallest of 8/10/12/14 bits that holds the largest value (12-bit detector exports, values
+    up to 4,095, would otherwise read almost black), else 16."""
+    peak = int(values.max()) if values.size else 0
+    sbit = _png_sbit(data)
+    if sbit is not None and 1 <= sbit < 16 and peak < 2**sbit:
+        bits, source = sbit, "sBIT chunk"
+    else:
+        bits = next((b for b in _DATA_BITS if peak < 2**b), 16)
+        source = "value range"
+    if bits == 16:
+        return 16, {"effective_bits": 16}
+    return bits, {"effective_bits": bits, "rescaled_from": source, "stored_max": peak}
+
+
+def _png_sbit(data: bytes) -> int | None:
+    """The gray significant-bits value of a PNG's sBIT chunk (before IDAT), or None."""
+    position = 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        kind = data[position + 4 : position + 8]
+        if kind == b"sBIT" and length >= 1:
+            return data[position + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        position += 12 + length
+    return None
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:

@@ -88,21 +88,46 @@ def point_metrics(labels: np.ndarray, probability: np.ndarray, threshold: float)
     return result
 
 
-def study_table(image_rows: pd.DataFrame, *, probability: str = "probability") -> pd.DataFrame:
+def study_table(
+    image_rows: pd.DataFrame, *, probability: str = "probability", keep_flagged: bool = False
+) -> pd.DataFrame:
     """One row per study: its probability is the mean of its views' (NaN views skipped).
 
     The one definition of "a study is the mean of its views" (the MURA convention), used by
-    training's validation, evaluation runs and the dashboard. Columns: study_id, patient_id,
-    region, label, split (when present), n_views (views with a probability), probability and
-    the per-member columns (``prob_0``, ...) averaged the same way.
+    training's validation, evaluation runs, predict and the dashboard.
+
+    Views with ``flags`` (``sanity`` codes such as ``ood``, ``inverted``, ``colour_photo``: see
+    ``predict_index``) are left out of the mean unless ``keep_flagged``; a study whose every view
+    is flagged gets no probability. Columns: study_id, patient_id, region, label, split (when
+    present), n_views (views that went into the mean), probability and the per-member columns
+    averaged the same way; with a ``flags`` column also n_left_out and left_out (why, e.g.
+    "ood x2, inverted x1").
     """
     first = [c for c in ("patient_id", "region", "label", "split") if c in image_rows.columns]
     averaged = [c for c in image_rows.columns if re.fullmatch(r"prob_\d+", c)] + [probability]
-    grouped = image_rows.groupby("study_id", sort=False)
+    flagged = pd.Series(False, index=image_rows.index)
+    if "flags" in image_rows.columns and not keep_flagged:
+        flagged = image_rows["flags"].fillna("").astype(str) != ""
+    used = image_rows.copy()
+    used.loc[flagged, averaged] = np.nan
+    grouped = used.groupby("study_id", sort=False)
     studies = grouped[first].first()
     studies["n_views"] = grouped[probability].count()
     studies[averaged] = grouped[averaged].mean()
+    if "flags" in image_rows.columns:
+        left = image_rows[flagged & image_rows[probability].notna()]
+        studies["n_left_out"] = left.groupby("study_id").size().reindex(studies.index).fillna(0)
+        studies["n_left_out"] = studies["n_left_out"].astype(int)
+        studies["left_out"] = (
+            left.groupby("study_id")["flags"].agg(_why_left_out).reindex(studies.index).fillna("")
+        )
     return studies.reset_index()
+
+
+def _why_left_out(flags: pd.Series) -> str:
+    """'ood x2, inverted x1' from the ``;``-joined flag codes of a study's left-out views."""
+    counts = pd.Series([c for cell in flags for c in str(cell).split(";") if c]).value_counts()
+    return ", ".join(f"{code} x{count}" for code, count in counts.items())
 
 
 def cluster_weights(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -65,6 +65,12 @@ class OodModel:
         """True where the image looks out of distribution (distance above the threshold)."""
         return self.score(features) > self.threshold
 
+    depths: ClassVar[tuple[str, ...]] = ("layer4",)  # scores the final pooled features
+
+    def score_depths(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``score`` of ``features["layer4"]`` (the interface ``DepthOod`` shares)."""
+        return self.score(features["layer4"])
+
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """For ``save_checkpoint(..., extra_tensors=...)``."""
         values = (self.mean, self.projection, self.precision, self.residual_precision)
@@ -104,9 +110,12 @@ def collect_features(model: nn.Module, batches: Iterable[Any]) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def load_ood(extras: dict[str, torch.Tensor], card: Any) -> OodModel | None:
-    """The OOD model stored in a checkpoint (``load_checkpoint``'s extras and card), or None."""
+def load_ood(extras: dict[str, torch.Tensor], card: Any) -> OodModel | DepthOod | None:
+    """The OOD model stored in a checkpoint (``load_checkpoint``'s extras and card), or None:
+    a ``DepthOod`` when the card lists ``depths``, else a single (layer4) ``OodModel``."""
     card_extra = (getattr(card, "extra", None) or {}).get("ood")
+    if card_extra is not None and "depths" in card_extra:
+        return DepthOod.from_tensors(extras, card_extra)
     if card_extra is None and not any(key in extras for key in KEYS):
         return None
     return OodModel.from_tensors(extras, card_extra or {})
@@ -177,4 +186,155 @@ def fit_ood(
     }
     return OodModel(
         model.mean, model.projection, model.precision, model.residual_precision, threshold, info
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Several depths. Measured on the demo checkpoint (docs/ood.md): the final pooled features
+# alone miss flat colour blocks, CT/MR slices, a skull-like and most inverted films; layer2's
+# pooled features catch them, and layer4 keeps the semantic view. layer2 costs ~25% of a
+# ResNet-152 forward pass (stem + 11 of 50 blocks) beside the engine's own pass.
+DEPTHS: tuple[str, ...] = ("layer2", "layer4")
+RESNET_DEPTHS: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+
+
+def depth_features(
+    model: nn.Module, batch: torch.Tensor, depths: Iterable[str] = DEPTHS
+) -> dict[str, torch.Tensor]:
+    """Spatially pooled (mean) feature maps B x C at each ResNet stage in ``depths``, in one
+    fp32 pass that stops at the deepest one asked for (no hooks: safe on a shared model)."""
+    from nextray_core.explain.cam import as_model_input, check_explainable
+
+    check_explainable(model)
+    wanted = set(depths)
+    unknown = wanted - set(RESNET_DEPTHS)
+    if unknown or not hasattr(model, "layer4"):
+        raise ConfigError(
+            f"OOD depths must be ResNet stages {RESNET_DEPTHS}, "
+            f"got {sorted(unknown) or 'a DenseNet'}"
+        )
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        x = as_model_input(model, batch)
+        for stage in (model.conv1, model.bn1, model.relu, model.maxpool):
+            x = stage.forward(x)
+        for name in RESNET_DEPTHS:
+            x = getattr(model, name).forward(x)
+            if name in wanted:
+                out[name] = x.float().mean(dim=(2, 3))
+            if len(out) == len(wanted):
+                break
+    return out
+
+
+@dataclass(frozen=True)
+class DepthOod:
+    """One PPCA-Mahalanobis model per depth; the score is the largest ratio of a depth's
+    distance to that depth's own threshold, and ``threshold`` is that score's quantile on the
+    calibration images (so "score > threshold" flags about 1 - quantile of ordinary ones)."""
+
+    parts: dict[str, OodModel]
+    threshold: float
+    info: dict[str, Any]
+
+    @property
+    def depths(self) -> tuple[str, ...]:
+        return tuple(self.parts)
+
+    def score_depths(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """N scores from ``depth_features``-style features (every depth in ``depths``)."""
+        ratios = [part.score(features[d]) / part.threshold for d, part in self.parts.items()]
+        return torch.stack(ratios).amax(0)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """For ``save_checkpoint(..., extra_tensors=...)``: ``ood.<depth>.<mean|...>``."""
+        return {
+            f"ood.{depth}.{key.removeprefix('ood.')}": value
+            for depth, part in self.parts.items()
+            for key, value in part.to_tensors().items()
+        }
+
+    def card_extra(self) -> dict[str, Any]:
+        """For ``card.extra['ood']``: the threshold, each depth's fit, how it was calibrated."""
+        depths = {depth: part.card_extra() for depth, part in self.parts.items()}
+        return {"threshold": self.threshold, **self.info, "depths": depths}
+
+    @classmethod
+    def from_tensors(cls, extras: dict[str, torch.Tensor], card_extra: dict[str, Any]) -> DepthOod:
+        parts = {}
+        for depth, part_extra in card_extra["depths"].items():
+            prefix = f"ood.{depth}."
+            tensors = {
+                f"ood.{k.removeprefix(prefix)}": v
+                for k, v in extras.items()
+                if k.startswith(prefix)
+            }
+            parts[depth] = OodModel.from_tensors(tensors, part_extra)
+        if "threshold" not in card_extra or not parts:
+            raise CheckpointError(
+                "incomplete OOD statistics in the checkpoint (no threshold or no depths); "
+                "re-save it with fit_ood_model's to_tensors() and card_extra()"
+            )
+        info = {k: v for k, v in card_extra.items() if k not in ("threshold", "depths")}
+        return cls(parts, float(card_extra["threshold"]), info)
+
+
+def collect_depth_features(
+    model: nn.Module, batches: Iterable[Any], depths: Iterable[str] = DEPTHS
+) -> dict[str, torch.Tensor]:
+    """``depth_features`` for every batch (items whose first element is B x 3 x S x S), on CPU."""
+    depths = tuple(depths)
+    parts: dict[str, list[torch.Tensor]] = {d: [] for d in depths}
+    for item in batches:
+        batch = item[0] if isinstance(item, (tuple, list)) else item
+        for depth, value in depth_features(model, batch, depths).items():
+            parts[depth].append(value.cpu())
+    if not parts[depths[0]]:
+        raise ConfigError("no images to collect features from")
+    return {depth: torch.cat(values) for depth, values in parts.items()}
+
+
+def fit_depth_ood(
+    fit: dict[str, torch.Tensor],
+    calibration: dict[str, torch.Tensor],
+    *,
+    dims: int = 64,
+    quantile: float = 0.99,
+) -> DepthOod:
+    """Fit one PPCA model per depth on ``fit`` features (the train split) and calibrate every
+    threshold on ``calibration`` features (the validation split) at ``quantile``."""
+    parts = {
+        depth: fit_ood(fit[depth], dims=dims, calibration=calibration[depth], quantile=quantile)
+        for depth in fit
+    }
+    model = DepthOod(parts, float("inf"), {})
+    scores = model.score_depths({d: calibration[d].float() for d in parts})
+    info = {
+        "distance": "max over depths of ppca-mahalanobis / its threshold",
+        "quantile": quantile,
+        "fit_images": len(next(iter(fit.values()))),
+        "calibration_images": len(scores),
+    }
+    return DepthOod(parts, float(torch.quantile(scores.double(), quantile)), info)
+
+
+def fit_ood_model(
+    model: nn.Module,
+    train_batches: Iterable[Any],
+    calibration_batches: Iterable[Any],
+    *,
+    depths: Iterable[str] = DEPTHS,
+    dims: int = 64,
+    quantile: float = 0.99,
+) -> DepthOod:
+    """THE entry point for a checkpoint's OOD statistics (the release step calls it): features
+    of the train split's images (e.g. a DataLoader over RadiographDataset with the eval
+    transform) fit, the validation split's calibrate. Store the result with
+    ``card.extra["ood"] = ood.card_extra()`` and ``extra_tensors=ood.to_tensors()``."""
+    depths = tuple(depths)
+    return fit_depth_ood(
+        collect_depth_features(model, train_batches, depths),
+        collect_depth_features(model, calibration_batches, depths),
+        dims=dims,
+        quantile=quantile,
     )

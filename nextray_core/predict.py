@@ -4,14 +4,14 @@ One or more checkpoints (an ensemble) score every image; members that share a pr
 share one pass over the data, members with another input size get their own pass. The ensemble's
 probability is the mean of its members' probabilities, or with ``combine='vote'`` the share of
 members that call the image abnormal at their own card's threshold. A study's probability is the
-arithmetic mean of its views' (the MURA convention). Thresholds are applied later, never here.
+arithmetic mean of its views' (the MURA convention), leaving out by default the views that
+``sanity`` or the OOD score flagged. Thresholds are applied later, never here.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -26,12 +26,13 @@ from nextray_core.checkpoint import ModelCard
 from nextray_core.engine import InferenceEngine, build_engine
 from nextray_core.errors import ConfigError, DatasetError, NextRayError
 from nextray_core.hardware import resolve_device as resolve_device  # re-exported
-from nextray_core.imaging import SUPPORTED_SUFFIXES
+from nextray_core.imaging import SUPPORTED_SUFFIXES, read_radiograph
 from nextray_core.index import INDEX_COLUMNS, MURA_REGIONS, UNKNOWN_LABEL
 from nextray_core.loader import RadiographDataset
 from nextray_core.metrics import study_table as study_table  # re-exported
 from nextray_core.options import COMBINE_RULES
-from nextray_core.transforms import Preprocessing, eval_transform
+from nextray_core.sanity import check_radiograph, codes, excluded, messages, ood_note
+from nextray_core.transforms import Preprocessing, as_image_tensor, eval_transform
 
 Member = tuple[InferenceEngine | nn.Module, ModelCard]
 UNKNOWN_REGION = "unknown"
@@ -100,26 +101,22 @@ def _as_engine(member: InferenceEngine | nn.Module, card: ModelCard, device: tor
 
 
 class _ReportingDataset(RadiographDataset):
-    """A RadiographDataset that reports an unreadable image instead of failing the whole pass."""
+    """A RadiographDataset that checks each image (``sanity``) and reports an unreadable or
+    unusable one instead of failing the whole pass: items carry (error, flag codes, notes)."""
 
     def __init__(self, index: pd.DataFrame, prep: Preprocessing) -> None:
         super().__init__(index, eval_transform(prep))
         self.size = prep.size
 
     def __getitem__(self, position: int):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                image, label, _ = super().__getitem__(position)
-                error = ""
-            except NextRayError as exc:
-                image, label, error = (
-                    torch.zeros(3, self.size, self.size),
-                    self.labels[position],
-                    str(exc),
-                )
-        warning = "; ".join(str(w.message) for w in caught)
-        return image, label, position, error, warning
+        label = self.labels[position]
+        try:
+            radiograph = read_radiograph(self.paths[position], warn=False)
+            notes = check_radiograph(radiograph)
+        except NextRayError as exc:
+            return torch.zeros(3, self.size, self.size), label, position, str(exc), "", ""
+        image = self.transform(as_image_tensor(torch.from_numpy(radiograph.to_uint8())))
+        return image, label, position, "", codes(excluded(notes)), messages(notes)
 
 
 def predict_index(
@@ -136,7 +133,10 @@ def predict_index(
     """The index rows plus ``probability`` (and ``prob_0``... for ensembles), in index order.
 
     ``on_error='raise'`` stops with a ``DatasetError`` naming every unreadable image after the
-    pass; ``'report'`` keeps going and adds ``error`` and ``warning`` columns (probability NaN).
+    pass (``sanity`` refusals included); ``'report'`` keeps going and adds ``error`` (probability
+    NaN), ``flags`` (``sanity`` codes that leave the view out of its study's verdict, ``ood``
+    included), ``warning`` (every note's message) and ``ood_score``/``ood_threshold`` (the
+    member furthest over its threshold; NaN without OOD statistics) columns.
     """
     _check_combine(combine)
     if not models:
@@ -149,7 +149,8 @@ def predict_index(
     index = index.reset_index(drop=True)
     n, m = len(index), len(models)
     probs = np.full((n, m), np.nan)
-    errors, notes = [""] * n, [""] * n
+    errors, flags, notes = [""] * n, [[] for _ in range(n)], [[] for _ in range(n)]
+    ood_score, ood_limit = np.full(n, np.nan), np.full(n, np.nan)
 
     by_prep: dict[Preprocessing, list[int]] = {}
     for i, (_, card) in enumerate(models):
@@ -165,14 +166,25 @@ def predict_index(
         )
         batches = tqdm(loader, desc=f"predicting ({prep.size}px)", disable=not progress or n == 0)
         with torch.inference_mode():
-            for images, _, positions, batch_errors, batch_notes in batches:
+            for images, _, positions, batch_errors, batch_flags, batch_notes in batches:
                 x = images.to(device, non_blocking=True)
                 rows = positions.numpy()
                 for i, engine in zip(members, engines, strict=True):
-                    probs[rows, i] = engine.run(x).probabilities.cpu().numpy()
-                for row, error, note in zip(rows, batch_errors, batch_notes, strict=True):
+                    result = engine.run(x)
+                    probs[rows, i] = result.probabilities.cpu().numpy()
+                    if engine.ood is not None:
+                        scores = engine.ood_score(x, result).numpy()
+                        limit = engine.ood.threshold
+                        worse = ~(scores / limit <= ood_score[rows] / ood_limit[rows])
+                        ood_score[rows] = np.where(worse, scores, ood_score[rows])
+                        ood_limit[rows] = np.where(worse, limit, ood_limit[rows])
+                for row, error, flag, note in zip(
+                    rows, batch_errors, batch_flags, batch_notes, strict=True
+                ):
                     errors[row] = errors[row] or error
-                    notes[row] = notes[row] or note
+                    if not errors[row] and not flags[row] and not notes[row]:  # once per image
+                        flags[row] += [f for f in flag.split(";") if f]
+                        notes[row] += [note] if note else []
     failed = [i for i, e in enumerate(errors) if e]
     probs[failed] = np.nan
     if failed and on_error == "raise":
@@ -189,8 +201,16 @@ def predict_index(
     thresholds = [card.default_threshold for _, card in models]
     result["probability"] = combine_probabilities(probs, thresholds, combine)
     if on_error == "report":
+        over = ood_score > ood_limit  # NaN (no statistics, unreadable) compares False
+        for row in np.flatnonzero(over & ~np.array([bool(e) for e in errors], dtype=bool)):
+            note = ood_note(Path(index.at[row, "image_path"]).name, ood_score[row], ood_limit[row])
+            flags[row].append(note.code)
+            notes[row].append(note.message)
         result["error"] = errors
-        result["warning"] = notes
+        result["flags"] = [";".join(f) for f in flags]
+        result["warning"] = [" | ".join(m) for m in notes]
+        result["ood_score"] = ood_score
+        result["ood_threshold"] = ood_limit
     return result
 
 

@@ -39,8 +39,7 @@ from nextray_core.errors import ConfigError
 from nextray_core.explain.cam import predict_with_cam
 from nextray_core.files import write_text_atomic
 from nextray_core.loader import RadiographDataset
-from nextray_core.ood import KEYS as OOD_KEYS
-from nextray_core.ood import fit_ood
+from nextray_core.ood import fit_ood_model
 from nextray_core.options import THRESHOLD_POLICIES
 from nextray_core.predict import study_table
 from nextray_core.recalibration import (
@@ -55,7 +54,7 @@ from nextray_core.runs import evaluate_predictions
 from nextray_core.transforms import eval_transform
 
 VALIDATION_FILE = "validation_predictions.csv"
-_REPLACED_EXTRAS = (*OOD_KEYS, RAW_HEAD_WEIGHT, RAW_HEAD_BIAS)
+_REPLACED_EXTRAS = (RAW_HEAD_WEIGHT, RAW_HEAD_BIAS)  # and every "ood." tensor
 
 
 @dataclass(frozen=True)
@@ -92,18 +91,15 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, policy: ReleasePolic
     return curves.youden_threshold(labels, probs)
 
 
-def _forward(
-    model: torch.nn.Module, card: ModelCard, rows: pd.DataFrame, batch_size: int
-) -> tuple[np.ndarray, torch.Tensor]:
-    """Logits (N) and pooled features (N x F) of index rows, in one pass."""
-    loader = DataLoader(RadiographDataset(rows, eval_transform(card.prep)), batch_size=batch_size)
-    logits, features = [], []
+def _loader(card: ModelCard, rows: pd.DataFrame, batch_size: int) -> DataLoader:
+    return DataLoader(RadiographDataset(rows, eval_transform(card.prep)), batch_size=batch_size)
+
+
+def _logits(model: torch.nn.Module, loader: DataLoader) -> np.ndarray:
+    """The model's raw logits (N) over a loader, in order."""
     with torch.inference_mode():
-        for images, _, _ in loader:
-            result = predict_with_cam(model, images)
-            logits.append(result.logits.cpu())
-            features.append(result.pooled_features.cpu())
-    return torch.cat(logits).double().numpy(), torch.cat(features)
+        parts = [predict_with_cam(model, images).logits.cpu() for images, _, _ in loader]
+    return torch.cat(parts).double().numpy()
 
 
 def _sample(rows: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
@@ -137,8 +133,8 @@ def release(
     restored = restore_raw_head(model, extras)
 
     say(f"release: {len(val)} validation images (threshold, calibration, OOD threshold)")
-    val_logits, val_features = _forward(model, card, val, policy.batch_size)
-    raw = torch.sigmoid(torch.from_numpy(val_logits)).numpy()
+    val_loader = _loader(card, val, policy.batch_size)
+    raw = torch.sigmoid(torch.from_numpy(_logits(model, val_loader))).numpy()
     labels = val["label"].to_numpy(dtype=int)
     method = policy.calibration if len(val) >= policy.min_calibration_images else "none"
     if method != policy.calibration:
@@ -156,10 +152,11 @@ def release(
 
     fit_rows = _sample(train, policy.ood_images, policy.seed)
     say(f"release: {len(fit_rows)} of {len(train)} training images (OOD statistics)")
-    _, train_features = _forward(model, card, fit_rows, policy.batch_size)
-    ood = fit_ood(train_features, calibration=val_features)
+    ood = fit_ood_model(model, _loader(card, fit_rows, policy.batch_size), val_loader)
 
-    kept = {k: v for k, v in extras.items() if k not in _REPLACED_EXTRAS}
+    kept = {
+        k: v for k, v in extras.items() if k not in _REPLACED_EXTRAS and not k.startswith("ood.")
+    }
     kept |= raw_head(model)  # before folding: what a later release restores
     fold_into_head(model, calibration)
     kept |= ood.to_tensors()

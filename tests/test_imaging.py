@@ -110,9 +110,29 @@ def test_png_16bit_keeps_precision_and_scales_by_bit_depth(tmp_path: Path) -> No
     check_pixels(r, arr.shape)
     assert r.metadata["bit_depth"] == 16 and r.metadata["mode"].startswith("I")
     np.testing.assert_allclose(r.pixels * 65535.0, arr, atol=0.01)  # not quantised to 8 bits
-    # 12-bit data in a 16-bit PNG stays dark: scaled by the bit depth, not stretched to its max.
-    r12 = read_radiograph(png_bytes(Image.fromarray((arr >> 4).astype(np.uint16))))
-    assert r12.pixels.max() == pytest.approx(4095 / 65535, abs=1e-6)
+    assert "rescaled_from" not in r.metadata and r.metadata["effective_bits"] == 16
+
+
+def test_png_16bit_holding_12bit_data_is_read_by_its_real_range() -> None:
+    arr = np.random.default_rng(0).integers(0, 4096, size=(40, 50), dtype=np.uint16)
+    arr[0, :2] = (0, 4095)
+    # no sBIT chunk: the value range says 12 bits, so 4095 is white, not 6% grey
+    r12 = read_radiograph(png_bytes(Image.fromarray(arr)))
+    np.testing.assert_allclose(r12.pixels * 4095.0, arr, atol=0.01)
+    assert r12.metadata["effective_bits"] == 12 and r12.metadata["rescaled_from"] == "value range"
+    # an sBIT chunk of 12 says the same even when the image never reaches 4,095
+    dim = (arr // 2).astype(np.uint16)
+    with_sbit = _with_sbit(png_bytes(Image.fromarray(dim)), 12)
+    r = read_radiograph(with_sbit)
+    np.testing.assert_allclose(r.pixels * 4095.0, dim, atol=0.01)
+    assert r.metadata["rescaled_from"] == "sBIT chunk"
+
+
+def _with_sbit(png: bytes, bits: int) -> bytes:
+    """Insert an sBIT chunk right after IHDR (8-byte signature + 25-byte IHDR chunk)."""
+    body = b"sBIT" + bytes([bits])
+    chunk = (1).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    return png[:33] + chunk + png[33:]
 
 
 @pytest.mark.parametrize("mode", ["P", "LA", "RGB", "RGBA", "1"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,17 @@ import torch
 
 from nextray_core.errors import CheckpointError, ConfigError
 from nextray_core.explain import predict_with_cam
-from nextray_core.ood import KEYS, OodModel, collect_features, fit_ood, load_ood
+from nextray_core.ood import (
+    KEYS,
+    DepthOod,
+    OodModel,
+    collect_features,
+    depth_features,
+    fit_depth_ood,
+    fit_ood,
+    fit_ood_model,
+    load_ood,
+)
 from nextray_core.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform
 
 FRACATLAS_MINI = Path(__file__).parent / "data" / "fracatlas_mini"
@@ -114,3 +125,46 @@ def test_colour_noise_and_inverted_radiographs_rank_above_real_ones(resnet152):
         assert distances.min() > in_distribution.max()
         assert ood.flags(predict_with_cam(resnet152, strangers).pooled_features).all()
     assert ood.flags(features).float().mean() <= 0.1
+
+
+def test_depth_ood_round_trips_and_its_score_is_the_worst_depth_ratio():
+    fit = {"layer2": _low_rank(120, seed=0)[0], "layer4": _low_rank(120, width=40, seed=1)[0]}
+    calibration = {"layer2": _low_rank(60, seed=2)[0], "layer4": _low_rank(60, width=40, seed=3)[0]}
+    ood = fit_depth_ood(fit, calibration, dims=5, quantile=0.95)
+    assert ood.depths == ("layer2", "layer4") and ood.info["calibration_images"] == 60
+    queries = {"layer2": torch.randn(6, 50), "layer4": torch.randn(6, 40)}
+    ratios = [ood.parts[d].score(queries[d]) / ood.parts[d].threshold for d in ood.depths]
+    torch.testing.assert_close(ood.score_depths(queries), torch.maximum(*ratios))
+    assert (ood.score_depths(calibration) > ood.threshold).float().mean() <= 0.05 + 1e-9
+
+    card = types.SimpleNamespace(extra={"ood": ood.card_extra()})
+    again = load_ood(ood.to_tensors(), card)
+    assert isinstance(again, DepthOod) and again.threshold == ood.threshold
+    torch.testing.assert_close(again.score_depths(queries), ood.score_depths(queries))
+    broken = {k: v for k, v in ood.to_tensors().items() if k != "ood.layer2.mean"}
+    with pytest.raises(CheckpointError, match="incomplete"):
+        load_ood(broken, card)
+
+
+def test_depth_features_match_the_models_own_stages_and_the_engine_scores_with_them(resnet152):
+    from nextray_core.checkpoint import ModelCard
+    from nextray_core.engine import build_engine
+
+    batch = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    features = depth_features(resnet152, batch, ("layer2", "layer4"))
+    with torch.no_grad():
+        x = resnet152.maxpool(resnet152.relu(resnet152.bn1(resnet152.conv1(batch))))
+        layer2 = resnet152.layer2(resnet152.layer1(x))
+    torch.testing.assert_close(features["layer2"], layer2.mean(dim=(2, 3)))
+    result = predict_with_cam(resnet152, batch)
+    torch.testing.assert_close(features["layer4"], result.pooled_features, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="ResNet stages"):
+        depth_features(resnet152, batch, ("layer5",))
+
+    loader = [(batch[:2], None), (batch[2:], None)]
+    fitted = fit_ood_model(resnet152, loader, loader, depths=("layer2", "layer4"), dims=1)
+    card = ModelCard(name="t", preprocessing=Preprocessing(size=64).to_dict())
+    card.extra["ood"] = fitted.card_extra()
+    engine = build_engine(resnet152, card, fitted.to_tensors(), backend="torch-fp32")
+    expected = fitted.score_depths(features)
+    torch.testing.assert_close(engine.ood_score(batch, engine.run(batch)), expected)

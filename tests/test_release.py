@@ -13,7 +13,7 @@ from nextray_core.checkpoint import load_checkpoint, verify_checkpoint
 from nextray_core.cli import main
 from nextray_core.datasets import dataset_task, make_synthetic_mura
 from nextray_core.engine.engine import CALIBRATION_IMAGES
-from nextray_core.ood import KEYS as OOD_KEYS
+from nextray_core.ood import load_ood
 from nextray_core.recalibration import (
     AffineCalibration,
     fit_calibration,
@@ -100,7 +100,8 @@ def test_train_on_fracatlas_releases_a_complete_checkpoint(tmp_path, random_init
     assert "validation (study):" in printed and "AUC (95% CI)" in printed
 
     _, _, extras = load_checkpoint(out / "best")
-    assert set(OOD_KEYS) <= set(extras) and card.extra["ood"]["threshold"] > 0
+    ood = load_ood(extras, card)  # the statistics the engine will flag with
+    assert ood is not None and ood.threshold > 0 and card.extra["ood"]["depths"]
     assert len(extras[CALIBRATION_IMAGES]) == len(val)  # fewer than 128 images: all of them
 
     # releasing again starts from the raw head: the same threshold, not a double calibration

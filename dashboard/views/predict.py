@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import inference, state
+from nextray_core.engine import answers_table
 from nextray_core.engine.answer import map_method
 from nextray_core.errors import NextRayError
 from nextray_core.index import MURA_REGIONS
@@ -109,14 +110,8 @@ for name, data in study_views:
             width="stretch",
         )
         info_col.metric(f"Probability {positive}", f"{result.probability:.3f}")
-        for note in result.notes:
-            info_col.warning(note)
-        if result.ood_flag:
-            info_col.warning(
-                f"Unlike the training images (OOD distance {result.ood_distance:.1f} > "
-                f"{result.ood_threshold:.1f}): treat this probability with suspicion.",
-                icon=":material/warning:",
-            )
+        for note in result.findings:  # sanity checks and the OOD flag, one vocabulary
+            (info_col.warning if note.excludes else info_col.info)(note.message)
         meta = result.metadata
         info_col.caption(
             f"{meta.get('format', '?').upper()} · {meta.get('width')}x{meta.get('height')} px · "
@@ -128,24 +123,26 @@ if not results:
     st.warning("None of the uploaded files could be read; see the messages above.")
     st.stop()
 
-views = pd.DataFrame(
-    {
-        "image_path": [r.name for r in results],
-        "study_id": "uploaded study",
-        "patient_id": "uploaded",
-        "region": region,
-        "label": -1,
-        "split": "upload",
-        "probability": [r.probability for r in results],
-    }
+keep = st.checkbox(
+    "Count flagged views in the verdict",
+    key="predict_keep_flagged",
+    help="views flagged above (unlike the training images, inverted, a photo, ...) are left "
+    "out of the study's mean by default",
 )
-study = study_table(views).iloc[0]
-abnormal = bool(predicted_labels([study["probability"]], threshold)[0])
+study = study_table(answers_table(results, region=region), keep_flagged=keep).iloc[0]
 st.subheader("Study")
 c1, c2, c3 = st.columns(3)
+c3.metric("Views scored", len(results))
+c3.metric("Views used", int(study["n_views"]))
+if study["n_left_out"]:
+    st.warning(f"Left out of the verdict: {study['left_out']} (see each view's notes).")
+if pd.isna(study["probability"]):
+    c1.metric("Study probability (mean of views)", "none")
+    c2.metric("Verdict", "no usable view")
+    st.stop()
+abnormal = bool(predicted_labels([study["probability"]], threshold)[0])
 c1.metric("Study probability (mean of views)", f"{study['probability']:.3f}")
 c2.metric("Verdict", positive if abnormal else negative, help=f"threshold {threshold:.3f}")
 c2.caption(f"at threshold {threshold:.3f} (sidebar)")
-c3.metric("Views scored", int(study["n_views"]))
 if region == UNKNOWN_REGION:
     st.caption("Study type unknown: the region-specific results on the Metrics page do not apply.")

@@ -49,33 +49,6 @@ def say_backend(path, engine) -> None:
     print(f"{path}: {engine.backend_name}{reason}", file=sys.stderr)
 
 
-NOTE_WIDTH = 72  # the console table's note column; a longer note continues on the next lines
-
-
-def wrap_column(frame, column: str, width: int):
-    """Rows whose ``column`` is longer than ``width`` continue on extra rows (other cells blank),
-    so a console table shows a whole note, the fix it names included, instead of cutting it."""
-    import textwrap
-
-    import pandas as pd
-
-    rows = []
-    for record in frame.to_dict("records"):
-        text = str(record[column]) if pd.notna(record[column]) else ""
-        lines = textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False) or [""]
-        rows.append({**record, column: lines[0]})
-        blank = dict.fromkeys(frame.columns, "")
-        rows += [{**blank, column: line} for line in lines[1:]]
-    return pd.DataFrame(rows, columns=frame.columns).astype(object).fillna("")
-
-
-def left_aligned(frame, columns: list[str]) -> str:
-    """``frame.to_string`` with ``columns`` (text: paths, notes) left-aligned, numbers right."""
-    widths = {c: max([len(c), *(len(str(v)) for v in frame[c])]) for c in columns}
-    formatters = {c: (lambda v, w=widths[c]: str(v).ljust(w)) for c in columns}
-    return frame.to_string(index=False, formatters=formatters, justify="left")
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser(
         "evaluate",
@@ -127,6 +100,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--combine", default="mean", choices=COMBINE_RULES)
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument(
+        "--keep-flagged",
+        action="store_true",
+        help="count flagged views (OOD, inverted, colour photo, low contrast, ...) in their "
+        "study's verdict; by default they are scored and shown but left out of it",
+    )
     add_backend_argument(predict)
     predict.set_defaults(handler=run_predict)
 
@@ -278,6 +257,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def notes_section(images) -> str:
+    """Every image's error and notes in full (never cut: each names its fix), or ''."""
+    lines = [
+        f"  {path}: {' | '.join(part for part in (error, warning) if part)}"
+        for path, error, warning in zip(
+            images["image_path"], images["error"], images["warning"], strict=True
+        )
+        if error or warning
+    ]
+    return "\nNotes\n" + "\n".join(lines) if lines else ""
+
+
 def run_predict(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -305,21 +296,34 @@ def run_predict(args: argparse.Namespace) -> int:
         if args.threshold is None
         else args.threshold
     )
-    studies = study_table(images)
+    for engine, _ in members:
+        if engine.ood is None:
+            print(f"{engine.card.name}: no OOD statistics, OOD check off", file=sys.stderr)
+    studies = study_table(images, keep_flagged=args.keep_flagged)
     negative, positive = ensemble_classes([card for _, card in members])
 
-    def verdict(probability: pd.Series) -> pd.Series:
+    def verdict(probability: pd.Series, unscored: str = "unreadable") -> pd.Series:
         return probability.map(
-            lambda p: "unreadable" if pd.isna(p) else positive if p >= threshold else negative
+            lambda p: unscored if pd.isna(p) else positive if p >= threshold else negative
         )
 
     images["verdict"] = verdict(images["probability"])
-    studies["verdict"] = verdict(studies["probability"])
+    images["counted"] = images["probability"].notna() & (
+        args.keep_flagged or images["flags"].eq("")
+    )
+    studies["verdict"] = verdict(studies["probability"], "no usable view").where(
+        studies["n_left_out"].gt(0) | studies["probability"].notna(), "unreadable"
+    )
     failed = int((images["error"] != "").sum())
     if args.csv:
         table = images.merge(
-            studies[["study_id", "probability", "verdict"]].rename(
-                columns={"probability": "study_probability", "verdict": "study_verdict"}
+            studies[["study_id", "probability", "verdict", "n_views", "left_out"]].rename(
+                columns={
+                    "probability": "study_probability",
+                    "verdict": "study_verdict",
+                    "n_views": "study_views_used",
+                    "left_out": "study_left_out",
+                }
             ),
             on="study_id",
             how="left",
@@ -331,17 +335,15 @@ def run_predict(args: argparse.Namespace) -> int:
         shown = images.assign(
             image=images["image_path"],
             probability=images["probability"].round(3),
-            note=images["error"] + images["warning"],
-        )[["image", "probability", "verdict", "note"]]
-        print(f"Images (threshold {threshold:g}; {positive} when probability >= threshold)")
-        print(left_aligned(wrap_column(shown, "note", NOTE_WIDTH), ["image", "note"]))
-        print("\nStudies (probability = mean of the views)")
-        shown = studies.assign(probability=studies["probability"].round(3))
-        print(
-            shown[["study_id", "region", "n_views", "probability", "verdict"]].to_string(
-                index=False
-            )
         )
+        print(f"Images (threshold {threshold:g}; {positive} when probability >= threshold)")
+        print(shown[["image", "probability", "verdict", "flags"]].to_string(index=False))
+        print(notes_section(images))
+        rule = "all views" if args.keep_flagged else "flagged views left out (--keep-flagged)"
+        print(f"\nStudies (probability = mean of the views; {rule})")
+        shown = studies.assign(probability=studies["probability"].round(3))
+        columns = ["study_id", "region", "n_views", "n_left_out", "left_out", "probability"]
+        print(shown[[*columns, "verdict"]].to_string(index=False))
     if failed:
         print(f"{failed} file(s) could not be read; see the error column", file=sys.stderr)
     return 1 if failed else 0

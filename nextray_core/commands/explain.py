@@ -27,8 +27,9 @@ Heat-map overlays (original image size) and probabilities for image files or fol
 Writes OUT/<stem>_overlay.png per image and OUT/explanations.csv with one row per file,
 failures included (status 'error' with the reason, also printed on stderr). With --faithfulness
 each map gets a score in [-1, 1] (higher = more faithful); checkpoints with OOD statistics add
-ood_distance and ood_flag. Exit code: 0 if at least one image was explained, 1 if every file
-failed, 2 for a usage error (bad checkpoint, no files).
+ood_distance and ood_flag; flags and note say what the input checks (blank, inverted, colour
+photo, ...) and the OOD score found. Exit code: 0 if at least one image was explained, 1 if
+every file failed, 2 for a usage error (bad checkpoint, no files).
 """
 
 
@@ -85,11 +86,12 @@ def _save_png(rgb, path: Path) -> None:
 
 
 def _read(path: Path):
-    from nextray_core.imaging import colour_photo_message, read_radiograph
+    """(radiograph, its sanity notes); a refusal (blank, too small) raises like a bad file."""
+    from nextray_core.imaging import read_radiograph
+    from nextray_core.sanity import check_radiograph
 
     image = read_radiograph(path, warn=False)
-    colour = image.metadata.get("colour_photo")
-    return image, colour_photo_message(image.metadata["name"]) if colour else ""
+    return image, list(check_radiograph(image))
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -102,6 +104,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from nextray_core.explain import faithfulness, overlay
     from nextray_core.explain.overlay import colormap_lut
     from nextray_core.predict import find_image_files, resolve_device
+    from nextray_core.sanity import codes, excluded, messages, ood_note
     from nextray_core.transforms import as_image_tensor, eval_transform
 
     colormap_lut(args.colormap)  # an unknown colormap fails before any work
@@ -142,7 +145,7 @@ def run_explain(args: argparse.Namespace) -> int:
                 if args.faithfulness
                 else None
             )
-            distances = ood.score(result.pooled_features).cpu() if ood else None
+            distances = engine.ood_score(batch, result)
             for i, (path, image, note) in enumerate(images):
                 name = _overlay_name(path, used)
                 rgb = overlay(
@@ -159,13 +162,18 @@ def run_explain(args: argparse.Namespace) -> int:
                     "overlay": name,
                     "width": image.metadata["width"],
                     "height": image.metadata["height"],
-                    "note": note,
+                    "flags": codes(excluded(note)),
+                    "note": messages(note),
                 }
                 if faith is not None:
                     row["faithfulness"] = float(faith[i])
                 if distances is not None:
                     row["ood_distance"] = float(distances[i])
                     row["ood_flag"] = bool(distances[i] > ood.threshold)
+                    if row["ood_flag"]:
+                        extra = ood_note(path.name, float(distances[i]), ood.threshold)
+                        row["flags"] = codes(excluded([*note, extra]))
+                        row["note"] = messages([*note, extra])
                 rows.append(row)
         progress.update(len(files[start : start + args.batch_size]))
     progress.close()

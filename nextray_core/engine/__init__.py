@@ -3,7 +3,7 @@
 ``load_engine(checkpoint)`` is what predict, evaluate, explain and the dashboard use.
 """
 
-from nextray_core.engine.answer import Answer, answer_radiograph
+from nextray_core.engine.answer import Answer, answer_radiograph, answers_table
 from nextray_core.engine.calibration import add_calibration, calibration_tensors
 from nextray_core.engine.engine import (
     BACKEND_CHOICES,
@@ -28,6 +28,7 @@ __all__ = [
     "InferenceEngine",
     "add_calibration",
     "answer_radiograph",
+    "answers_table",
     "build_engine",
     "cache_root",
     "calibration_tensors",

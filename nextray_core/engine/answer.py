@@ -8,15 +8,18 @@ image's metadata), which keeps concurrent dashboard sessions from racing on the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import pandas as pd
 import torch
 
 from nextray_core.engine.engine import InferenceEngine
-from nextray_core.imaging import colour_photo_message, read_radiograph
+from nextray_core.imaging import read_radiograph
+from nextray_core.sanity import Note, check_radiograph, codes, excluded, ood_note
 from nextray_core.transforms import as_image_tensor, eval_transform
 
 
@@ -34,8 +37,14 @@ class Answer:
     ood_distance: float | None = None
     ood_flag: bool = False
     ood_threshold: float | None = None
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # the findings' messages, in order
     metadata: dict = field(default_factory=dict)
+    findings: tuple[Note, ...] = ()  # sanity checks and the OOD flag, in sanity's vocabulary
+
+    @property
+    def flagged(self) -> bool:
+        """True if this view should be left out of its study's verdict by default."""
+        return any(note.excludes for note in self.findings)
 
 
 def answer_radiograph(
@@ -46,7 +55,8 @@ def answer_radiograph(
     method: str | None = None,
     target: str = "abnormal",
 ) -> Answer:
-    """Read ``source`` (raises ImageReadError for a bad file) and answer it.
+    """Read ``source`` and answer it; raises ImageReadError for a bad file and
+    ``sanity.UnusableImageError`` for one that decodes but cannot be read (blank, 1x1, ...).
 
     ``method=None``: the map method the checkpoint's card names (chosen by measured
     localisation on its validation split), else ``cam``.
@@ -56,15 +66,16 @@ def answer_radiograph(
     method = method or map_method(engine.card)
     radiograph = read_radiograph(source, name=name, warn=False)
     label = radiograph.metadata["name"]
-    notes = (colour_photo_message(label),) if radiograph.metadata.get("colour_photo") else ()
+    findings = list(check_radiograph(radiograph))
     pixels = radiograph.to_uint8()
     batch = eval_transform(engine.card.prep)(as_image_tensor(torch.from_numpy(pixels)))[None]
     explained = engine.explain(batch, method, target)
-    pooled = explained.pooled_features
     distance, flag, limit = None, False, None
     if engine.ood is not None:
-        distance, limit = float(engine.ood.score(pooled)[0]), engine.ood.threshold
+        distance, limit = float(engine.ood_score(batch, explained)[0]), engine.ood.threshold
         flag = distance > limit  # as OodModel.flags, without scoring twice
+        if flag:
+            findings.append(ood_note(label, distance, limit))
     return Answer(
         name=label,
         probability=float(explained.probabilities[0]),
@@ -76,8 +87,32 @@ def answer_radiograph(
         ood_distance=distance,
         ood_flag=flag,
         ood_threshold=limit,
-        notes=notes,
+        notes=tuple(note.message for note in findings),
         metadata=dict(radiograph.metadata),
+        findings=tuple(findings),
+    )
+
+
+def answers_table(
+    answers: Sequence[Answer], *, study_id: str = "uploaded study", region: str = "unknown"
+) -> pd.DataFrame:
+    """The views of one study as image rows (index columns, probability, flags) for
+    ``predict.study_table``, which leaves flagged views out of the study's mean."""
+    return pd.DataFrame(
+        {
+            "image_path": [a.name for a in answers],
+            "study_id": study_id,
+            "patient_id": study_id,
+            "region": region,
+            "label": -1,
+            "split": "upload",
+            "probability": [a.probability for a in answers],
+            "flags": [codes(excluded(a.findings)) for a in answers],
+        },
+        columns=[
+            *("image_path", "study_id", "patient_id", "region", "label", "split"),
+            *("probability", "flags"),
+        ],
     )
 
 

@@ -44,7 +44,7 @@ from nextray_core.errors import ConfigError, NextRayError
 from nextray_core.explain.cam import CamResult
 from nextray_core.explain.methods import Explanation, explain_batch
 from nextray_core.files import write_text_atomic
-from nextray_core.ood import OodModel, load_ood
+from nextray_core.ood import DepthOod, OodModel, depth_features, load_ood
 from nextray_core.options import BACKEND_CHOICES
 from nextray_core.transforms import as_image_tensor, eval_transform
 
@@ -72,7 +72,7 @@ class InferenceEngine:
     backend: Backend
     guard: dict[str, GuardResult] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    ood: OodModel | None = None
+    ood: OodModel | DepthOod | None = None
     ood_error: str = ""
     ready: threading.Thread | None = None
     reason: str = ""  # why this backend, when that is not "the fastest that passed"
@@ -92,6 +92,21 @@ class InferenceEngine:
         """``explain_batch`` with the single-pass CAM through this engine's backend; the
         pytorch-grad-cam methods (gradients, hooks) run on the fp32 model."""
         return explain_batch(self.model, batch, method, target, cam_pass=self.run)
+
+    def ood_score(
+        self, batch: torch.Tensor, result: CamResult | Explanation
+    ) -> torch.Tensor | None:
+        """OOD scores (B, CPU) for a batch this engine answered (``result`` from ``run`` or
+        ``explain``), or None without OOD statistics. layer4 comes from the answer's pooled
+        features; shallower depths from a partial fp32 pass of the model."""
+        if self.ood is None:
+            return None
+        features = {"layer4": result.pooled_features.float()}
+        missing = [depth for depth in self.ood.depths if depth not in features]
+        if missing:
+            features.update(depth_features(self.model, batch, missing))
+        device = next(iter(features.values())).device
+        return self.ood.score_depths({k: v.to(device) for k, v in features.items()}).cpu()
 
     def describe(self) -> str:
         note = getattr(self.backend, "note", "")
