@@ -147,8 +147,13 @@ def predict_index(
     workers: int = 0,
     on_error: str = "raise",
     progress: bool = False,
+    keep_features: bool = False,
 ) -> pd.DataFrame:
     """The index rows plus ``probability`` (and ``prob_0``... for ensembles), in index order.
+
+    ``keep_features``: also return the first member's pooled features (N x F float32, NaN rows
+    for unreadable images) in ``result.attrs['features']`` and, if it has OOD statistics, its
+    OOD distances in ``result.attrs['ood_distance']`` (from the same forward pass).
 
     ``on_error='raise'`` stops with a ``DatasetError`` naming every unreadable image after the
     pass; ``'report'`` keeps going and adds ``error`` and ``warning`` columns (probability NaN).
@@ -165,6 +170,8 @@ def predict_index(
     n, m = len(index), len(models)
     probs = np.full((n, m), np.nan)
     errors, notes = [""] * n, [""] * n
+    features: np.ndarray | None = None
+    distances = np.full(n, np.nan, dtype=np.float32)
 
     by_prep: dict[Preprocessing, list[int]] = {}
     for i, (_, card) in enumerate(models):
@@ -184,7 +191,15 @@ def predict_index(
                 x = images.to(device, non_blocking=True)
                 rows = positions.numpy()
                 for i, engine in zip(members, engines, strict=True):
-                    probs[rows, i] = engine.run(x).probabilities.cpu().numpy()
+                    answer = engine.run(x)
+                    probs[rows, i] = answer.probabilities.cpu().numpy()
+                    if keep_features and i == 0:
+                        pooled = answer.pooled_features.float()
+                        if features is None:
+                            features = np.full((n, pooled.shape[1]), np.nan, dtype=np.float32)
+                        features[rows] = pooled.cpu().numpy()
+                        if engine.ood is not None:
+                            distances[rows] = engine.ood.score(pooled).cpu().numpy()
                 for row, error, note in zip(rows, batch_errors, batch_notes, strict=True):
                     errors[row] = errors[row] or error
                     notes[row] = notes[row] or note
@@ -206,6 +221,12 @@ def predict_index(
     if on_error == "report":
         result["error"] = errors
         result["warning"] = notes
+    if keep_features and features is not None:
+        features[failed] = np.nan
+        result.attrs["features"] = features
+        if not np.isnan(distances).all():
+            distances[failed] = np.nan
+            result.attrs["ood_distance"] = distances
     return result
 
 
