@@ -94,6 +94,8 @@ navigation = st.navigation(
         st.Page(PAGES / "predict.py", title="Predict", icon=":material/upload_file:", default=True),
         st.Page(PAGES / "metrics.py", title="Metrics", icon=":material/monitoring:"),
         st.Page(PAGES / "errors.py", title="Errors", icon=":material/error:"),
+        st.Page(PAGES / "label_review.py", title="Label review", icon=":material/rule:"),
+        st.Page(PAGES / "study.py", title="Study viewer", icon=":material/radiology:"),
         st.Page(PAGES / "teaching.py", title="Teaching", icon=":material/school:"),
         st.Page(PAGES / "model.py", title="Model card", icon=":material/description:"),
     ]

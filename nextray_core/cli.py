@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "nextray_core.commands.evaluate",
     "nextray_core.commands.explain",
     "nextray_core.commands.bench",
+    "nextray_core.commands.explore",
 )
 _PLANNED = {
     "train": "train a classifier (the neXt-Ray report's recipe by default)",

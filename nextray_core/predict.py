@@ -129,8 +129,13 @@ def predict_index(
     workers: int = 0,
     on_error: str = "raise",
     progress: bool = False,
+    keep_features: bool = False,
 ) -> pd.DataFrame:
     """The index rows plus ``probability`` (and ``prob_0``... for ensembles), in index order.
+
+    ``keep_features``: also return the first member's pooled features (N x F float32, NaN rows
+    for unreadable images) in ``result.attrs['features']`` and, if it has OOD statistics, its
+    OOD distances in ``result.attrs['ood_distance']`` (from the same forward pass).
 
     ``on_error='raise'`` stops with a ``DatasetError`` naming every unreadable image after the
     pass (``sanity`` refusals included); ``'report'`` keeps going and adds ``error`` (probability
@@ -151,6 +156,7 @@ def predict_index(
     probs = np.full((n, m), np.nan)
     errors, flags, notes = [""] * n, [[] for _ in range(n)], [[] for _ in range(n)]
     ood_score, ood_limit = np.full(n, np.nan), np.full(n, np.nan)
+    features: np.ndarray | None = None
 
     by_prep: dict[Preprocessing, list[int]] = {}
     for i, (_, card) in enumerate(models):
@@ -172,6 +178,11 @@ def predict_index(
                 for i, engine in zip(members, engines, strict=True):
                     result = engine.run(x)
                     probs[rows, i] = result.probabilities.cpu().numpy()
+                    if keep_features and i == 0:
+                        pooled = result.pooled_features.float()
+                        if features is None:
+                            features = np.full((n, pooled.shape[1]), np.nan, dtype=np.float32)
+                        features[rows] = pooled.cpu().numpy()
                     if engine.ood is not None:
                         scores = engine.ood_score(x, result).numpy()
                         limit = engine.ood.threshold
@@ -211,6 +222,13 @@ def predict_index(
         result["warning"] = [" | ".join(m) for m in notes]
         result["ood_score"] = ood_score
         result["ood_threshold"] = ood_limit
+    if keep_features and features is not None:
+        features[failed] = np.nan
+        result.attrs["features"] = features
+        if not np.isnan(ood_score).all():  # the OOD score the flags use, per image
+            distances = ood_score.astype(np.float32)
+            distances[failed] = np.nan
+            result.attrs["ood_distance"] = distances
     return result
 
 

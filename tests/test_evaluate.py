@@ -20,6 +20,7 @@ from nextray_core.cli import main
 from nextray_core.datasets import make_synthetic_mura
 from nextray_core.errors import ConfigError, DatasetError
 from nextray_core.model import output_linear
+from nextray_core.run_map import FEATURES_FILE, fit_projection, read_features
 from nextray_core.runs import (
     CURVES_FILE,
     METRICS_FILE,
@@ -34,6 +35,7 @@ from nextray_core.transforms import Preprocessing
 
 FRACATLAS_MINI = Path(__file__).resolve().parent / "data" / "fracatlas_mini"
 RUN_FILES = {PREDICTIONS_FILE, RUN_FILE, METRICS_FILE, CURVES_FILE, REPORT_FILE, SCORER_FILE}
+RUN_FILES |= {FEATURES_FILE}
 
 
 def save_tiny(base: nn.Module, directory: Path, *, seed: int, threshold: float) -> Path:
@@ -272,3 +274,32 @@ def test_a_small_evaluation_answers_in_fp32_like_predict(resnet152, tmp_path, mo
     images = meta["counts"]["images"]
     assert images < SMALL_JOB and meta["backends"] == ["torch-fp32"]
     assert f"auto, {images} image(s): fp32 is ready at once" in capsys.readouterr().err
+
+
+def test_evaluate_stores_the_pca_of_the_images_pooled_features(world, tmp_path):
+    from nextray_core.checkpoint import load_checkpoint
+    from nextray_core.explain import predict_with_cam
+    from nextray_core.imaging import read_radiograph
+    from nextray_core.transforms import as_image_tensor, eval_transform
+
+    out = tmp_path / "with-features"
+    assert evaluate(world, out, "--backend", "torch-fp32", checkpoints=["a"]) == 0
+    run = read_run(out)
+    stored = read_features(out, len(run.predictions))
+    assert stored.projection.dtype == np.float16 and stored.ood_distance is None
+    model, card, _ = load_checkpoint(world["a"])
+    transform = eval_transform(card.prep)
+    batch = torch.stack(
+        [
+            transform(as_image_tensor(torch.from_numpy(read_radiograph(p).to_uint8())))
+            for p in run.predictions["image_path"]
+        ]
+    )
+    with torch.no_grad():
+        pooled = predict_with_cam(model.eval(), batch).pooled_features.numpy()
+    expected = fit_projection(pooled, dims=stored.projection.shape[1]).projection
+    scale = np.abs(expected.astype(float)).max()
+    assert np.abs(stored.projection.astype(float) - expected).max() < 0.02 * scale
+    skipped = tmp_path / "without"
+    assert evaluate(world, skipped, "--no-features", checkpoints=["a"]) == 0
+    assert FEATURES_FILE not in read_run(skipped).files

@@ -81,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--workers", type=int, default=0, help="data-loading processes")
     add_backend_argument(evaluate)
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    evaluate.add_argument("--no-features", dest="features", action="store_false",
+                          help="do not store the images' pooled features (PCA-50, float16) in "
+                          "features.npz, which the dashboard's Run map draws")  # fmt: skip
     evaluate.add_argument("--copy-images", action="store_true",
                           help="copy the evaluated images into OUT/images so the run opens "
                           "anywhere (if the data licence allows it: not MURA)")  # fmt: skip
@@ -196,7 +199,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         combine=args.combine,
         workers=args.workers,
         progress=sys.stderr.isatty(),
+        keep_features=args.features,
     )
+    # out of attrs at once: pandas deep-copies attrs into every frame derived from this one
+    features = predictions.attrs.pop("features", None)
+    ood_distance = predictions.attrs.pop("ood_distance", None)
     default = ensemble_threshold([card for _, card in members], args.combine)
     threshold = default if args.threshold is None else args.threshold
     evaluation = runs.evaluate_predictions(
@@ -245,6 +252,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         images_root=_images_root(args.data, predictions) if args.copy_images else None,
     )
+    if features is not None:
+        from nextray_core.run_map import fit_projection, write_features
+
+        write_features(out, fit_projection(features, ood_distance=ood_distance))
+        del features
 
     counts = meta["counts"]
     print(

@@ -1,0 +1,139 @@
+"""``nextray label-errors`` (and the other commands that explore a finished run).
+
+They read a run folder and never write into it or into the data: results go where ``--out``
+says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nextray_core.commands.evaluate import add_backend_argument, say_backend
+from nextray_core.errors import ConfigError
+from nextray_core.files import write_text_atomic
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    errors = sub.add_parser(
+        "label-errors",
+        help="rank a run's studies by how likely their label is wrong (confident learning)",
+        description="Score every labelled study of RUN by how confidently the model disagrees "
+        "with its label (confident learning on the run's out-of-sample probabilities) and list "
+        "them most suspicious first. --simulate measures the ranking on a copy with a share of "
+        "labels flipped at random (precision at k of the flipped studies).",
+    )
+    errors.add_argument("run", type=Path, metavar="RUN", help="run folder (nextray evaluate)")
+    errors.add_argument("--out", type=Path, help="write the whole ranking to this CSV")
+    errors.add_argument("--top", type=int, default=20, help="studies to print (default 20)")
+    errors.add_argument("--simulate", type=float, metavar="SHARE",
+                        help="flip this share of study labels at random and report precision "
+                        "at k (k = the number flipped)")  # fmt: skip
+    errors.add_argument("--seeds", type=int, default=5, help="repeats of --simulate")
+    errors.set_defaults(handler=run_label_errors)
+
+    features = sub.add_parser(
+        "run-features",
+        help="store a run's image features (for the dashboard's Run map) in RUN/features.npz",
+        description="Re-read the run's images with the checkpoint that scored it and store "
+        "their pooled features as a PCA-50 float16 projection (plus OOD distances) in "
+        "RUN/features.npz. New runs get it from 'nextray evaluate'; this is for older runs.",
+    )
+    features.add_argument("run", type=Path, metavar="RUN")
+    features.add_argument("--checkpoint", type=Path,
+                          help="default: the run's own (run.json's, or the folder holding "
+                          "the run, if its weights match)")  # fmt: skip
+    features.add_argument("--batch-size", type=int, default=16)
+    features.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    features.add_argument("--overwrite", action="store_true", help="replace features.npz")
+    add_backend_argument(features)
+    features.set_defaults(handler=run_run_features)
+
+
+def run_label_errors(args: argparse.Namespace) -> int:
+    from nextray_core.label_errors import flip_experiment, rank_label_errors
+    from nextray_core.runs import read_run
+
+    if args.top < 0:
+        raise ConfigError(f"--top must be 0 or more, got {args.top}")
+    if args.simulate is not None and not 0.0 < args.simulate < 1.0:
+        raise ConfigError(f"--simulate must be a share between 0 and 1, got {args.simulate}")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    run = read_run(args.run)
+    ranked = rank_label_errors(run.predictions)
+    negative, positive = run.class_names
+    flagged = int(ranked["flagged"].sum())
+    low, high = ranked.attrs["thresholds"]
+    print(
+        f"{len(ranked)} labelled studies; {flagged} flagged (the model is confident of the "
+        f"other class). Class thresholds: {negative} {low:.3f}, {positive} {high:.3f}"
+    )
+    if args.top:
+        shown = ranked.head(args.top).round({"probability": 3, "self_confidence": 3, "margin": 3})
+        print(shown.to_string(index=False))
+    if args.out:
+        write_text_atomic(args.out, ranked.to_csv(index=False))
+        print(f"ranking written to {args.out}", file=sys.stderr)
+    if args.simulate is not None:
+        results = [
+            flip_experiment(run.predictions, args.simulate, seed=seed) for seed in range(args.seeds)
+        ]
+        values = [r["precision_at_k"] for r in results]
+        mean = sum(values) / len(values)
+        print(
+            f"\nflipping {results[0]['flipped']} of {results[0]['studies']} study labels at "
+            f"random ({args.seeds} seeds): precision at k={results[0]['k']} "
+            f"{mean:.3f} (min {min(values):.3f}, max {max(values):.3f}); chance "
+            f"{results[0]['chance']:.3f}"
+        )
+    return 0
+
+
+def run_checkpoint(run, given: Path | None) -> Path:
+    """The checkpoint that scored ``run``: ``given`` if its weights match, else run.json's path."""
+    from nextray_core.checkpoint import read_card
+
+    entries = run.meta.get("checkpoints") or []
+    wanted = {entry.get("weights_sha256") for entry in entries}
+    # a shipped run sits inside its checkpoint (checkpoints/demo/run) wherever it was cloned
+    recorded = [Path(e["path"]) for e in entries if e.get("path")]
+    candidates = [given] if given else [*recorded, run.path.resolve().parent]
+    for path in candidates:
+        if (path / "card.json").is_file() and read_card(path).weights_sha256 in wanted:
+            return path
+    if given:
+        raise ConfigError(
+            f"{given} did not score this run (its weights differ from run.json's); pass the "
+            "checkpoint that did"
+        )
+    raise ConfigError(
+        f"the checkpoint that scored {run.path} is not where run.json says; pass --checkpoint"
+    )
+
+
+def run_run_features(args: argparse.Namespace) -> int:
+    from nextray_core.engine import load_engine
+    from nextray_core.predict import resolve_device
+    from nextray_core.run_map import FEATURES_FILE, compute_run_features, write_features
+    from nextray_core.runs import read_run
+
+    run = read_run(args.run)
+    if (run.path / FEATURES_FILE).exists() and not args.overwrite:
+        raise ConfigError(f"{run.path / FEATURES_FILE} exists; pass --overwrite to replace it")
+    checkpoint = run_checkpoint(run, args.checkpoint)
+    device = resolve_device(args.device)
+    engine = load_engine(
+        checkpoint, device=device, backend=args.backend, expected_images=len(run.predictions)
+    )
+    say_backend(checkpoint, engine)
+    stored = compute_run_features(
+        engine, run.predictions, batch_size=args.batch_size, device=device
+    )
+    path = write_features(run.path, stored)
+    print(
+        f"{path}: {stored.projection.shape[0]} images x {stored.projection.shape[1]} components "
+        f"({stored.explained.sum():.0%} of the variance)"
+    )
+    return 0

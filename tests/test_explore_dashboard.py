@@ -1,0 +1,132 @@
+"""The exploring views (Label review, Study viewer, ...) through AppTest, on the shipped demo run
+with its checkpoint and on a synthetic MURA-shaped run scored by the synthetic test checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_dashboard import app, no_exception, synthetic_folders, texts
+
+from nextray_core import runs
+from nextray_core.checkpoint import read_card
+from nextray_core.datasets import load_dataset
+from nextray_core.datasets.synthetic import make_synthetic_mura
+from nextray_core.label_errors import marks_csv, rank_label_errors
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CHECKPOINT = REPO / "checkpoints" / "demo"
+DEMO_RUN = DEMO_CHECKPOINT / "run"
+VIEWS = ("label_review", "study")
+needs_demo = pytest.mark.skipif(not runs.is_run(DEMO_RUN), reason="the demo run is not here")
+
+
+def make_mura_run(root: Path, checkpoint: Path) -> Path:
+    """A run over a synthetic MURA valid split: multi-view studies, seven-region names."""
+    data = make_synthetic_mura(root / "data", patients_train=2, patients_valid=10, seed=2)
+    index = load_dataset("mura", data)
+    rows = index[index["split"].isin(["val", "test"])].reset_index(drop=True)
+    rng = np.random.default_rng(0)
+    rows["probability"] = np.clip(0.3 + 0.4 * rows["label"] + rng.normal(0, 0.2, len(rows)), 0, 1)
+    meta = runs.build_meta(
+        checkpoints=[(checkpoint, read_card(checkpoint))],
+        predictions=rows,
+        dataset_kind="mura",
+        data_root=data,
+        split="valid",
+        combine="mean",
+        default_threshold=0.5,
+        batch_size=8,
+    )
+    return runs.write_run(root / "run", rows, meta)
+
+
+@pytest.fixture(scope="module")
+def mura(tmp_path_factory):
+    """(checkpoint, MURA-shaped run)."""
+    checkpoint = synthetic_folders()[0]
+    return checkpoint, make_mura_run(tmp_path_factory.mktemp("mura"), checkpoint)
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+
+
+@needs_demo
+@pytest.mark.parametrize("view", VIEWS)
+def test_views_render_on_the_demo_run(view):
+    at = app(view, DEMO_RUN, DEMO_CHECKPOINT)
+    no_exception(at)
+    assert "No run yet" not in texts(at)
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_views_render_on_a_mura_shaped_run(view, mura):
+    at = app(view, mura[1], mura[0])
+    no_exception(at)
+    assert "No run yet" not in texts(at)
+
+
+def test_label_review_lists_the_cores_ranking_and_keeps_marks_apart(mura):
+    checkpoint, run = mura
+    at = app("label_review", run, checkpoint, lr_flagged=False)
+    no_exception(at)
+    ranked = rank_label_errors(runs.read_run(run).predictions)
+    shown = [m.value for m in at.markdown if m.value.startswith("**#")]
+    assert len(shown) == 5
+    for line, study in zip(shown, ranked["study_id"].head(5), strict=True):
+        assert study in line
+    first = ranked["study_id"].iloc[0]
+    at.radio(key=f"lr_mark_{first}").set_value("label looks wrong").run()
+    no_exception(at)
+    assert at.session_state["label_marks"] == {first: "label looks wrong"}
+    before = sorted(p.name for p in run.iterdir())
+    # importing a marks file adds its marks; the run folder is never written to
+    second = ranked["study_id"].iloc[1]
+    text = marks_csv({second: "model wrong"}, {second: "cast"})
+    at.file_uploader(key="lr_upload").set_value(("marks.csv", text.encode(), "text/csv")).run()
+    no_exception(at)
+    assert at.session_state["label_marks"] == {first: "label looks wrong", second: "model wrong"}
+    assert at.radio(key=f"lr_mark_{second}").value == "model wrong"
+    assert sorted(p.name for p in run.iterdir()) == before
+    bad = ("bad.csv", b"study_id,mark\nx,perhaps\n", "text/csv")
+    at.file_uploader(key="lr_upload").set_value(bad).run()
+    assert any("unknown mark" in e.value for e in at.error)
+
+
+def test_open_study_switches_to_the_viewer_with_every_view(mura):
+    checkpoint, run = mura
+    at = app("label_review", run, checkpoint, lr_flagged=False)
+    predictions = runs.read_run(run).predictions
+    ranked = rank_label_errors(predictions)
+    first = ranked["study_id"].iloc[0]
+    at.button(key=f"lr_open_{first}").click().run()
+    no_exception(at)
+    assert at.session_state["study_open"] == first
+    assert at.selectbox(key="study_pick").value == first
+    views = predictions[predictions["study_id"] == first]
+    assert "Study viewer" in at.title[0].value
+    assert len(at.image) == len(views)
+    captions = [c for image in at.image for c in image.captions]
+    expected = [f"p = {p:.3f}" for p in views["probability"]]
+    assert [c.split(" · ")[0] for c in captions] == expected
+
+
+def test_study_viewer_draws_fracatlas_boxes_and_applies_the_window(tmp_path):
+    checkpoint, run, _ = synthetic_folders()
+    from nextray_core.datasets.fracatlas import load_fracture_boxes
+
+    boxes = load_fracture_boxes(REPO / "tests" / "data" / "fracatlas_mini")
+    predictions = runs.read_run(run).predictions
+    boxed = predictions[
+        predictions["image_path"].map(lambda p: Path(p).name).isin(boxes["image_id"])
+    ]
+    study = boxed["study_id"].iloc[0]
+    at = app("study", run, checkpoint, study_open=study, study_map=False)
+    no_exception(at)
+    captions = [c for image in at.image for c in image.captions]
+    assert any("box(es)" in c for c in captions), captions
+    assert any("Boxes:" in str(c.value) for c in at.caption)
