@@ -56,30 +56,35 @@ study_views: list[tuple[str, bytes]] = st.session_state.setdefault("predict_stud
 inbox = st.session_state.setdefault("predict_inbox", 0)
 
 
+def _take_upload(key: str) -> None:
+    """Uploader callback (runs before the page): the files start or join the study."""
+    new = [(upload.name, upload.getvalue()) for upload in st.session_state.get(key) or []]
+    if not new:
+        return
+    add = st.session_state.get("predict_add_views", False)
+    st.session_state["predict_study"] = [*st.session_state["predict_study"], *new] if add else new
+    st.session_state["predict_inbox"] += 1
+    st.session_state["predict_add_views"] = False  # the next upload starts anew
+
+
 def _clear_study() -> None:
     st.session_state["predict_study"] = []
     st.session_state["predict_inbox"] += 1
 
 
-if st.session_state.pop("predict_reset_add", False):
-    st.session_state["predict_add_views"] = False
-add_views = st.toggle(
+st.toggle(
     "Add the next upload to this study",
     key="predict_add_views",
     disabled=not study_views,
     help="Off: a new upload starts a new study. On: its files join the current study's views.",
 )
-uploaded = st.file_uploader(
+st.file_uploader(
     "Radiographs (several views of one study at once)",
     accept_multiple_files=True,
     key=f"predict_files_{inbox}",
+    on_change=_take_upload,
+    args=(f"predict_files_{inbox}",),
 )
-if uploaded:
-    new = [(upload.name, upload.getvalue()) for upload in uploaded]
-    st.session_state["predict_study"] = [*study_views, *new] if add_views else new
-    st.session_state["predict_inbox"] = inbox + 1
-    st.session_state["predict_reset_add"] = True  # set before the toggle is drawn again
-    st.rerun()
 if not study_views:
     st.info("Upload one or more views to see the model's probability and where it looks.")
     st.stop()
