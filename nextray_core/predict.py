@@ -187,7 +187,7 @@ def predict_index(
                 for i, engine in zip(members, engines, strict=True):
                     result = engine.run(x)
                     probs[rows, i] = result.probabilities.cpu().numpy()
-                    if engine.ood is not None and on_error == "report":  # evaluate: no
+                    if engine.ood is not None and on_error == "report":  # predict, not evaluate
                         scores = engine.ood_score(x, result).numpy()
                         limit = engine.ood.threshold
                         worse = ~(scores / limit <= ood_score[rows] / ood_limit[rows])

@@ -22,9 +22,7 @@ def uploads() -> dict[str, tuple[str, bytes, str]]:
     some real ones), its negative, colour blocks and an all-black image."""
     index = load_dataset("fracatlas", FRACATLAS_MINI).reset_index(drop=True)
     engine = load_engine(synthetic_folders()[0], backend="torch-fp32")
-    path = next(
-        Path(p) for p in index["image_path"] if not answer_radiograph(engine, p).findings
-    )
+    path = next(Path(p) for p in index["image_path"] if not answer_radiograph(engine, p).findings)
     pixels = read_radiograph(path).pixels
     negative = png(np.round((1 - pixels) * 255).astype(np.uint8))
     blocks = flat_colour_blocks(np.random.default_rng(0))
