@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "read_radiograph": "nextray_core.imaging",
     "Radiograph": "nextray_core.imaging",
+    "check_radiograph": "nextray_core.sanity",
     "INDEX_COLUMNS": "nextray_core.index",
     "load_dataset": "nextray_core.datasets",
     "detect_dataset_kind": "nextray_core.datasets",
@@ -29,6 +30,7 @@ _EXPORTS = {
     "predict_index": "nextray_core.predict",
     "predict_files": "nextray_core.predict",
     "study_table": "nextray_core.metrics",
+    "fit_ood_model": "nextray_core.ood",
     "metric_table": "nextray_core.metrics",
     "read_run": "nextray_core.runs",
     "write_run": "nextray_core.runs",

@@ -183,7 +183,8 @@ def predict_index(
                         if features is None:
                             features = np.full((n, pooled.shape[1]), np.nan, dtype=np.float32)
                         features[rows] = pooled.cpu().numpy()
-                    if engine.ood is not None:
+                    # predict flags with it; evaluate keeps it only with the run's features
+                    if engine.ood is not None and (on_error == "report" or keep_features):
                         scores = engine.ood_score(x, result).numpy()
                         limit = engine.ood.threshold
                         worse = ~(scores / limit <= ood_score[rows] / ood_limit[rows])

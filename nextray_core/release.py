@@ -131,6 +131,11 @@ def release(
     out = Path(out or checkpoint)
     model, card, extras = load_checkpoint(checkpoint, device=device)
     restored = restore_raw_head(model, extras)
+    weights_dtype = dtype or getattr(torch, card.weights_dtype)
+    with torch.no_grad():  # fit on the weights as they will be saved (fp16/bf16 rounding)
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(weights_dtype).float())
 
     say(f"release: {len(val)} validation images (threshold, calibration, OOD threshold)")
     val_loader = _loader(card, val, policy.batch_size)
@@ -191,7 +196,6 @@ def release(
         **{k: v for k, v in card.metrics.items() if k != "validation"},
         "validation": evaluation.to_json(threshold_source="release (validation split)"),
     }
-    weights_dtype = dtype or getattr(torch, card.weights_dtype)
     save_checkpoint(
         model, out, card, dtype=weights_dtype, extra_tensors=kept, max_file_mb=max_file_mb
     )

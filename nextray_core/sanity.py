@@ -86,9 +86,9 @@ def check_radiograph(radiograph: Radiograph, *, refuse: bool = True) -> tuple[No
     notes = [_size_note(radiograph.pixels, label)]
     if notes[0] is None:
         notes = [*_pixel_notes(radiograph.pixels, label)]
-    if meta.get("colour_photo"):  # a photo's polarity means nothing: say what it is instead
+    if meta.get("colour_photo"):  # first: what it is; a photo's polarity means nothing
         notes = [n for n in notes if n is None or n.code != "inverted"]
-        notes.append(Note("colour_photo", colour_photo_message(label)))
+        notes.insert(0, Note("colour_photo", colour_photo_message(label)))
     if meta.get("rescaled_from"):
         bits = meta["effective_bits"]
         notes.append(

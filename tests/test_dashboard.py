@@ -58,6 +58,10 @@ def make_checkpoint(folder: Path, index: pd.DataFrame) -> Path:
     """A random 64 px ResNet-152 with OOD statistics fitted on the sample images' features."""
     torch.manual_seed(0)
     model = build_model("resnet152", init="none", dropout=0.5).eval()
+    with torch.no_grad():  # as saved (bf16 below): the OOD statistics must describe these weights
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(torch.bfloat16).float())
     prep = Preprocessing(size=SIZE)
     batch = torch.cat([model_input(p, prep) for p in index["image_path"]])
     first = predict_with_cam(model, batch)

@@ -304,13 +304,13 @@ def write_trust_reports(run_dir: Path, engine, fracatlas: Path) -> None:
     predictions = read_run(run_dir).predictions
     transform = eval_transform(engine.card.prep)
     method = engine.card.extra.get("map_method", "cam")  # chosen on validation by `maps`
-    maps, scores = [], []
+    maps, ood_scores = [], []
     for start in range(0, len(predictions), 32):
         paths = predictions["image_path"].iloc[start : start + 32]
         batch = torch.stack([transform(as_image_tensor(read_radiograph(p).pixels)) for p in paths])
         explained = engine.explain(batch, method)
         maps += list(explained.maps)  # input-size maps: a 5 x 5 grid would miss small boxes
-        scores.append(engine.ood_score(batch, explained))
+        ood_scores.append(engine.ood_score(batch, explained))
     frame = predictions.assign(image_id=[Path(p).name for p in predictions["image_path"]])
     fractured = (frame["label"] == 1).to_numpy()
     scores = localisation_frame(
@@ -336,7 +336,7 @@ def write_trust_reports(run_dir: Path, engine, fracatlas: Path) -> None:
         f"{grid} x {grid} grid at this input size ({1 / grid**2:.0%} of the image per cell)"
         f"{coarse}\n"
     )
-    flags = (torch.cat(scores) > engine.ood.threshold).numpy()
+    flags = (torch.cat(ood_scores) > engine.ood.threshold).numpy()
     ood = (
         pd.DataFrame({"region": predictions["region"], "flagged": flags})
         .groupby("region")["flagged"]
