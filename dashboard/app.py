@@ -18,7 +18,8 @@ from dashboard import safety, state
 
 # Not "pages/": beside the entry script that name switches on Streamlit's older folder-based
 # multipage mode, in which AppTest runs a page without app.py (no sidebar, no session setup).
-PAGES = Path(__file__).parent / "views"
+# Absolute: st.Page resolves a relative path against the entry script's folder, not the cwd.
+PAGES = Path(__file__).resolve().parent / "views"
 
 
 def _open(kind: str) -> None:

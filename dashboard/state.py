@@ -24,7 +24,18 @@ from nextray_core.metrics import metric_table, study_table
 from nextray_core.ood import OodModel
 from nextray_core.runs import Run, is_run, read_run
 
-REPO = Path(__file__).resolve().parents[1]
+
+def _clone_root() -> Path:
+    """Where the shipped weights are: beside the package (a clone, or an editable install),
+    else the working folder if it is a clone (``pip install .`` and started from the clone)."""
+    beside = Path(__file__).resolve().parents[1]
+    if (beside / "checkpoints").is_dir():
+        return beside
+    here = Path.cwd()
+    return here if (here / "checkpoints" / "demo" / "card.json").is_file() else beside
+
+
+REPO = _clone_root()
 CHECKPOINTS = REPO / "checkpoints"
 DEMO_CHECKPOINT = CHECKPOINTS / "demo"
 DEMO_RUN = DEMO_CHECKPOINT / "run"
