@@ -202,3 +202,14 @@ def test_report_view_offers_png_figures_and_the_html_report(mura):
     at.toggle(key="rep_build").set_value(True).run()
     no_exception(at)
     assert any(b.proto.label.startswith("Download the report") for b in at.get("download_button"))
+
+
+def test_the_errors_page_opens_a_study_in_the_viewer(mura):
+    checkpoint, run = mura
+    predictions = runs.read_run(run).predictions
+    study = predictions["study_id"].iloc[0]
+    at = app("errors", run, checkpoint, errors_open=study)
+    no_exception(at)
+    at.button(key="errors_viewer").click().run()
+    no_exception(at)
+    assert at.selectbox(key="study_pick").value == study
