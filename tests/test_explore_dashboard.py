@@ -3,6 +3,7 @@ with its checkpoint and on a synthetic MURA-shaped run scored by the synthetic t
 
 from __future__ import annotations
 
+import base64
 import sys
 from pathlib import Path
 
@@ -15,11 +16,12 @@ from nextray_core.checkpoint import read_card
 from nextray_core.datasets import load_dataset
 from nextray_core.datasets.synthetic import make_synthetic_mura
 from nextray_core.label_errors import marks_csv, rank_label_errors
+from nextray_core.run_map import fit_projection, map_frame, read_features, write_features
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = REPO / "checkpoints" / "demo"
 DEMO_RUN = DEMO_CHECKPOINT / "run"
-VIEWS = ("label_review", "study")
+VIEWS = ("label_review", "study", "run_map", "report")
 needs_demo = pytest.mark.skipif(not runs.is_run(DEMO_RUN), reason="the demo run is not here")
 
 
@@ -40,7 +42,18 @@ def make_mura_run(root: Path, checkpoint: Path) -> Path:
         default_threshold=0.5,
         batch_size=8,
     )
-    return runs.write_run(root / "run", rows, meta)
+    run = runs.write_run(root / "run", rows, meta)
+    # features that separate the labels, as a trained model's would
+    features = rng.normal(size=(len(rows), 16)) + 3.0 * rows["label"].to_numpy()[:, None]
+    write_features(run, fit_projection(features, dims=8, ood_distance=rng.random(len(rows))))
+    return run
+
+
+def points(values) -> int:
+    """How many values a plotly trace holds (plotly 6 sends arrays as typed base64)."""
+    if isinstance(values, dict):
+        return len(np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]))
+    return len(values)
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +143,73 @@ def test_study_viewer_draws_fracatlas_boxes_and_applies_the_window(tmp_path):
     captions = [c for image in at.image for c in image.captions]
     assert any("box(es)" in c for c in captions), captions
     assert any("Boxes:" in str(c.value) for c in at.caption)
+
+
+def test_run_map_draws_every_image_and_selected_points_open_their_studies(mura):
+    checkpoint, run = mura
+    at = app("run_map", run, checkpoint)
+    no_exception(at)
+    predictions = runs.read_run(run).predictions
+    chart = at.get("plotly_chart")[0]
+    import json
+
+    figure = json.loads(chart.proto.spec)
+    drawn = sum(points(trace["x"]) for trace in figure["data"])
+    assert drawn == len(predictions)
+    assert f"{len(predictions):,} of {len(predictions):,} images drawn" in texts(at)
+    expected = map_frame(predictions, read_features(run), 0.5)
+    by_outcome = {t["name"]: points(t["x"]) for t in figure["data"]}
+    assert by_outcome == expected["outcome"].value_counts().to_dict()
+    # a selection (what the chart's lasso sends) lists the studies of the chosen images
+    rows = [0, 1, len(predictions) - 1]
+    at.session_state["map_selected"] = rows
+    at.run()
+    no_exception(at)
+    studies = predictions.iloc[rows]["study_id"].unique()
+    assert f"{len(studies)} studies selected" in [h.value for h in at.subheader]
+    at.button(key=f"map_open_{studies[0]}").click().run()
+    no_exception(at)
+    assert at.selectbox(key="study_pick").value == studies[0]
+
+
+def test_run_map_without_features_says_how_to_get_them(tmp_path, mura):
+    checkpoint, run = mura
+    bare = tmp_path / "bare"
+    import shutil
+
+    shutil.copytree(run, bare)
+    (bare / "features.npz").unlink()
+    at = app("run_map", bare, checkpoint)
+    no_exception(at)
+    assert "nextray run-features" in texts(at)
+    at.toggle(key="map_compute").set_value(True).run()
+    no_exception(at)
+    assert len(at.get("plotly_chart")) == 1
+    assert not (bare / "features.npz").exists()  # computed for the session, not written
+
+
+def test_report_view_offers_png_figures_and_the_html_report(mura):
+    checkpoint, run = mura
+    at = app("report", run, checkpoint, rep_cases=0)
+    no_exception(at)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert sorted(label for label in labels if label.endswith(".png")) == [
+        "Download calibration.png",
+        "Download confusion.png",
+        "Download roc-image.png",
+        "Download roc-study.png",
+    ]
+    at.toggle(key="rep_build").set_value(True).run()
+    no_exception(at)
+    assert any(b.proto.label.startswith("Download the report") for b in at.get("download_button"))
+
+
+def test_the_errors_page_opens_a_study_in_the_viewer(mura):
+    checkpoint, run = mura
+    predictions = runs.read_run(run).predictions
+    study = predictions["study_id"].iloc[0]
+    at = app("errors", run, checkpoint, errors_open=study)
+    no_exception(at)
+    at.button(key="errors_viewer").click().run()
+    no_exception(at)
+    assert at.selectbox(key="study_pick").value == study

@@ -6,6 +6,7 @@ import numpy as np
 import streamlit as st
 
 from dashboard import inference, state
+from dashboard.study_link import open_button
 from nextray_core.errors import NextRayError
 from nextray_core.metrics import predicted_labels
 from nextray_core.predict import study_table
@@ -69,6 +70,7 @@ if opened is not None:
         head, close = st.columns([5, 1])
         head.subheader(f"Study {opened}")
         close.button("Close", key="errors_close", on_click=_open, args=(None,))
+        open_button(opened, key="errors_viewer", where=close, label="Study viewer")
         label = views["label"].iloc[0] if len(views) else -1
         study_p = study_table(views)["probability"].iloc[0] if len(views) else float("nan")
         st.caption(

@@ -37,7 +37,7 @@ st.session_state[STUDY] = wanted
 chosen = st.selectbox("Study", ids, index=ids.index(wanted), key="study_pick")
 if chosen != wanted:
     st.session_state[STUDY] = chosen
-    st.query_params["study"] = chosen
+st.query_params["study"] = chosen  # a page switch clears the address's parameters: set it here
 study = studies[studies["study_id"] == chosen].iloc[0]
 views = run.predictions[run.predictions["study_id"] == chosen]
 threshold = state.threshold()

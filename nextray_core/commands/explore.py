@@ -50,6 +50,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_backend_argument(features)
     features.set_defaults(handler=run_run_features)
 
+    report = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report of a run (metrics, curves, cases with maps)",
+        description="One HTML file that opens offline: per-region metrics with bootstrap "
+        "intervals at --threshold, ROC curves, confusion matrices, calibration and, per "
+        "outcome, the most confident cases with the model's map (from the run's checkpoint).",
+    )
+    report.add_argument("run", type=Path, metavar="RUN")
+    report.add_argument("--out", type=Path, required=True, help="the .html file to write")
+    report.add_argument("--threshold", type=float, help="default: the run's (its card's)")
+    report.add_argument("--cases", type=int, default=2,
+                        help="images per outcome (FP, FN, TP, TN) to show; 0: none")  # fmt: skip
+    report.add_argument("--bootstrap", type=int, default=1000, help="study resamples")
+    report.add_argument("--checkpoint", type=Path, help="for the maps (default: the run's own)")
+    report.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_backend_argument(report)
+    report.set_defaults(handler=run_report)
+
 
 def run_label_errors(args: argparse.Namespace) -> int:
     from nextray_core.label_errors import flip_experiment, rank_label_errors
@@ -136,4 +154,37 @@ def run_run_features(args: argparse.Namespace) -> int:
         f"{path}: {stored.projection.shape[0]} images x {stored.projection.shape[1]} components "
         f"({stored.explained.sum():.0%} of the variance)"
     )
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from nextray_core.engine import load_engine
+    from nextray_core.html_report import chosen_cases, render_html_report
+    from nextray_core.predict import resolve_device
+    from nextray_core.runs import read_run
+
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    if args.cases < 0 or args.bootstrap < 0:
+        raise ConfigError("--cases and --bootstrap must be 0 or more")
+    if args.out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out {args.out} should end in .html")
+    run = read_run(args.run)
+    threshold = run.default_threshold if args.threshold is None else args.threshold
+    engine, note = None, ""
+    if args.cases:
+        try:
+            checkpoint = run_checkpoint(run, args.checkpoint)
+        except ConfigError as error:
+            if args.checkpoint:
+                raise
+            note = f"Cases are shown without maps: {error}"
+        else:
+            engine = load_engine(checkpoint, device=resolve_device(args.device),
+                                 backend=args.backend, expected_images=4 * args.cases)  # fmt: skip
+            say_backend(checkpoint, engine)
+    cases = chosen_cases(run, threshold, args.cases, engine) if args.cases else []
+    text = render_html_report(run, threshold, cases=cases, n_boot=args.bootstrap, note=note)
+    write_text_atomic(args.out, text)
+    print(f"report written to {args.out} ({len(text) / 1e6:.1f} MB, {len(cases)} cases)")
     return 0
