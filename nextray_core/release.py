@@ -171,6 +171,7 @@ def release(
         task.task, task.negative_class, task.positive_class,
     )  # fmt: skip
     card.default_threshold = float(threshold)
+    card.extra.pop("engine_guard", None)  # verdicts on other weights: the engine measures anew
     card.extra["ood"] = ood.card_extra()
     card.extra["release"] = {
         "policy": asdict(policy),
