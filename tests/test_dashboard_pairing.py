@@ -169,3 +169,36 @@ def test_a_new_upload_starts_a_new_study_unless_views_are_added():
     at.button(key="predict_clear").click().run()
     no_exception(at)
     assert not at.metric and "Upload one or more views" in texts(at)
+
+
+@pytest.mark.slow
+def test_a_model_trained_here_opens_with_its_own_checkpoint_and_threshold(
+    with_demo, tmp_path, random_init
+):
+    """`nextray train` (its release step included) -> `nextray evaluate` -> the dashboard."""
+    from nextray_core.cli import main
+
+    root = make_synthetic_mura(tmp_path / "data", patients_train=10, patients_valid=8, seed=3)
+    train = ["train", "--data", str(root), "--out", str(tmp_path / "train"), "--init",
+             str(random_init), "--size", "32", "--epochs", "1", "--batch-size", "8", "--precision",
+             "fp32", "--workers", "0", "--freeze-layers", "456", "--no-progress"]  # fmt: skip
+    assert main(train) == 0
+    best = (tmp_path / "train" / "best").resolve()
+    card = read_card(best)
+    assert card.class_names == ("normal", "abnormal") and "release" in card.extra
+    run = tmp_path / "run"
+    evaluate = ["evaluate", "--checkpoint", str(best), "--data", str(root), "--split", "test",
+                "--out", str(run), "--bootstrap", "0", "--backend", "torch-fp32"]  # fmt: skip
+    assert main(evaluate) == 0
+
+    at = _open_metrics(known_runs=[str(with_demo / "run"), str(run)])
+    assert at.session_state["checkpoint_path"] == str(with_demo)
+    at.sidebar.selectbox(key="run_path").set_value(str(run)).run()
+    no_exception(at)
+    assert at.session_state["checkpoint_path"] == str(best)
+    assert at.sidebar.slider[0].value == pytest.approx(card.default_threshold)
+    assert "scored this run" in _sidebar(at)
+    at.sidebar.selectbox(key="run_path").set_value(str(with_demo / "run")).run()
+    no_exception(at)
+    assert at.session_state["checkpoint_path"] == str(with_demo)
+    assert at.sidebar.slider[0].value == pytest.approx(read_card(with_demo).default_threshold)
