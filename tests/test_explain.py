@@ -219,11 +219,26 @@ def test_every_library_method_names_a_pytorch_grad_cam_class():
     # the names live in the torch-free nextray_core.options; a renamed class upstream fails here
     import pytorch_grad_cam
 
-    from nextray_core.options import LIBRARY_METHODS
+    from nextray_core.options import FINE_METHODS, LIBRARY_METHODS
 
-    assert set(METHODS) == {"cam", *LIBRARY_METHODS}
-    for name in LIBRARY_METHODS.values():
+    assert set(METHODS) == {"cam", *LIBRARY_METHODS, *FINE_METHODS}
+    for name in {**LIBRARY_METHODS, **FINE_METHODS}.values():
         assert isinstance(getattr(pytorch_grad_cam, name), type), name
+
+
+@pytest.mark.parametrize("method", ["gradcam-layer3", "layercam-layer3"])
+def test_layer3_maps_are_twice_as_fine_and_touch_no_parameter(resnet152, method):
+    model = resnet152
+    batch = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    before = [p.requires_grad for p in model.parameters()]
+    fine = explain_batch(model, batch, method)
+    coarse = explain_batch(model, batch, "cam")
+    assert fine.raw_maps.shape == (2, 4, 4) and coarse.raw_maps.shape == (2, 2, 2)
+    assert fine.maps.shape == (2, 64, 64) and fine.maps.min() >= 0 and fine.maps.max() <= 1
+    # the same forward pass answers: the probabilities do not depend on the map method
+    np.testing.assert_allclose(fine.probabilities, coarse.probabilities, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == before
 
 
 # --- overlays -------------------------------------------------------------------------------
