@@ -41,7 +41,7 @@ from nextray_core.explain.methods import LogitTarget, model_lock
 from nextray_core.hardware import cpu_model
 from nextray_core.imaging import read_radiograph
 from nextray_core.model import feature_layer
-from nextray_core.transforms import as_image_tensor, eval_transform
+from nextray_core.transforms import model_batch
 
 # Issue #7's "done when", checked on the reported figures.
 TARGET_SPEEDUP = 15.0
@@ -242,8 +242,7 @@ def time_baseline(
 
 
 def _load_images(paths: list[str], card: ModelCard) -> torch.Tensor:
-    transform = eval_transform(card.prep)
-    return torch.stack([transform(as_image_tensor(read_radiograph(p).to_uint8())) for p in paths])
+    return model_batch([read_radiograph(p).to_uint8() for p in paths], card.prep)
 
 
 GuardImages = tuple[torch.Tensor | None, np.ndarray | None, str]

@@ -32,7 +32,7 @@ from nextray_core.loader import RadiographDataset
 from nextray_core.metrics import study_table as study_table  # re-exported
 from nextray_core.options import COMBINE_RULES
 from nextray_core.sanity import check_radiograph, codes, excluded, messages, ood_note
-from nextray_core.transforms import Preprocessing, as_image_tensor, eval_transform
+from nextray_core.transforms import Preprocessing, eval_transform, model_input
 
 Member = tuple[InferenceEngine | nn.Module, ModelCard]
 UNKNOWN_REGION = "unknown"
@@ -106,7 +106,7 @@ class _ReportingDataset(RadiographDataset):
 
     def __init__(self, index: pd.DataFrame, prep: Preprocessing) -> None:
         super().__init__(index, eval_transform(prep))
-        self.size = prep.size
+        self.size, self.prep = prep.size, prep
 
     def __getitem__(self, position: int):
         label = self.labels[position]
@@ -115,7 +115,7 @@ class _ReportingDataset(RadiographDataset):
             notes = check_radiograph(radiograph)
         except NextRayError as exc:
             return torch.zeros(3, self.size, self.size), label, position, str(exc), "", ""
-        image = self.transform(as_image_tensor(torch.from_numpy(radiograph.to_uint8())))
+        image = model_input(radiograph.to_uint8(), self.prep)
         return image, label, position, "", codes(excluded(notes)), messages(notes)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -73,6 +74,23 @@ def eval_transform(prep: Preprocessing = Preprocessing()) -> Transform:
             v2.Normalize(list(prep.mean), list(prep.std)),
         ]
     )
+
+
+@cache
+def _eval(prep: Preprocessing) -> Transform:
+    return eval_transform(prep)
+
+
+def model_input(pixels: np.ndarray | torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """THE way from a decoded radiograph to the model's input, for every caller that answers
+    (engine, predict, explain, bench, the demo's build): a 2-D grayscale image (uint8, as
+    ``Radiograph.to_uint8()`` gives, or float in [0, 1]) -> 3 x S x S normalised float."""
+    return _eval(prep)(as_image_tensor(torch.as_tensor(pixels)))
+
+
+def model_batch(images, prep: Preprocessing) -> torch.Tensor:
+    """``model_input`` for several images, stacked into B x 3 x S x S."""
+    return torch.stack([model_input(image, prep) for image in images])
 
 
 def train_transform(

@@ -49,3 +49,15 @@ def test_train_transform_flips_some_images_and_keeps_the_shape():
 def test_preprocessing_round_trips_through_a_dict():
     prep = Preprocessing(size=224)
     assert Preprocessing.from_dict(prep.to_dict()) == prep
+
+
+def test_model_input_is_the_eval_transform_of_the_uint8_image_and_batches_stack():
+    from nextray_core.transforms import Preprocessing, eval_transform, model_batch, model_input
+
+    prep = Preprocessing(size=48)
+    pixels = np.random.default_rng(0).integers(0, 256, (70, 50), dtype=np.uint8)
+    expected = eval_transform(prep)(torch.from_numpy(pixels)[None])
+    torch.testing.assert_close(model_input(pixels, prep), expected)
+    batch = model_batch([pixels, 255 - pixels], prep)
+    assert batch.shape == (2, 3, 48, 48)
+    torch.testing.assert_close(batch[0], expected)

@@ -105,7 +105,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from nextray_core.explain.overlay import colormap_lut
     from nextray_core.predict import find_image_files, resolve_device
     from nextray_core.sanity import codes, excluded, messages, ood_note
-    from nextray_core.transforms import as_image_tensor, eval_transform
+    from nextray_core.transforms import model_input
 
     colormap_lut(args.colormap)  # an unknown colormap fails before any work
     if not 0.0 <= args.opacity <= 1.0 or args.batch_size < 1:
@@ -120,7 +120,6 @@ def run_explain(args: argparse.Namespace) -> int:
     args.method = args.method or map_method(card)
     if engine.ood_error:
         print(f"OOD check off: {engine.ood_error}", file=sys.stderr)
-    transform = eval_transform(card.prep)
     args.out.mkdir(parents=True, exist_ok=True)
 
     rows, used = [], set()
@@ -136,7 +135,7 @@ def run_explain(args: argparse.Namespace) -> int:
                 continue
             images.append((path, image, note))
             # uint8 first, like predict, evaluate and the dashboard: the same input, the same answer
-            tensors.append(transform(as_image_tensor(torch.from_numpy(image.to_uint8()))))
+            tensors.append(model_input(image.to_uint8(), card.prep))
         if images:
             batch = torch.stack(tensors)
             result = engine.explain(batch, args.method, args.target)

@@ -15,12 +15,11 @@ from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
-import torch
 
 from nextray_core.engine.engine import InferenceEngine
 from nextray_core.imaging import read_radiograph
 from nextray_core.sanity import Note, check_radiograph, codes, excluded, ood_note
-from nextray_core.transforms import as_image_tensor, eval_transform
+from nextray_core.transforms import model_input
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def answer_radiograph(
     label = radiograph.metadata["name"]
     findings = list(check_radiograph(radiograph))
     pixels = radiograph.to_uint8()
-    batch = eval_transform(engine.card.prep)(as_image_tensor(torch.from_numpy(pixels)))[None]
+    batch = model_input(pixels, engine.card.prep)[None]
     explained = engine.explain(batch, method, target)
     distance, flag, limit = None, False, None
     if engine.ood is not None:

@@ -46,7 +46,7 @@ from nextray_core.explain.methods import Explanation, explain_batch
 from nextray_core.files import write_text_atomic
 from nextray_core.ood import DepthOod, OodModel, depth_features, load_ood
 from nextray_core.options import BACKEND_CHOICES
-from nextray_core.transforms import as_image_tensor, eval_transform
+from nextray_core.transforms import model_batch
 
 CALIBRATION_IMAGES = "calibration.images"
 CALIBRATION_LABELS = "calibration.labels"
@@ -131,8 +131,7 @@ def calibration_batch(
     images = calibration_images(extras)
     if images is None:
         return None
-    transform = eval_transform(card.prep)
-    batch = torch.stack([transform(as_image_tensor(image)) for image in images])
+    batch = model_batch(images, card.prep)
     labels = extras.get(CALIBRATION_LABELS)
     return batch, None if labels is None else labels.numpy()
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
 from nextray_core.explain.methods import explain_batch
@@ -23,7 +22,7 @@ from nextray_core.explain.trust import (
     localisation_report,
 )
 from nextray_core.imaging import read_radiograph
-from nextray_core.transforms import Preprocessing, as_image_tensor, eval_transform
+from nextray_core.transforms import Preprocessing, model_batch
 
 DEFAULT_CANDIDATES: tuple[str, ...] = ("cam", "gradcam-layer3", "layercam-layer3")
 
@@ -53,13 +52,10 @@ def localisation_by_method(
     ``load_fracture_boxes``. Maps explain the positive class (the finding)."""
     by_image = boxes_by_image(boxes)
     rows = rows[[str(i) in by_image for i in rows["image_id"]]].reset_index(drop=True)
-    transform = eval_transform(prep)
     maps: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     for start in range(0, len(rows), batch_size):
         paths = rows["image_path"].iloc[start : start + batch_size]
-        batch = torch.stack(
-            [transform(as_image_tensor(read_radiograph(Path(p)).to_uint8())) for p in paths]
-        )
+        batch = model_batch([read_radiograph(Path(p)).to_uint8() for p in paths], prep)
         for method in methods:
             maps[method] += list(explain_batch(model, batch, method).maps)
     uniform = uniform_energy(rows, boxes, prep.size)

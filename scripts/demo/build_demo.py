@@ -299,15 +299,15 @@ def write_trust_reports(run_dir: Path, engine, fracatlas: Path) -> None:
     from nextray_core.imaging import read_radiograph
     from nextray_core.report import markdown_table
     from nextray_core.runs import read_run
-    from nextray_core.transforms import as_image_tensor, eval_transform
+    from nextray_core.transforms import model_batch
 
     predictions = read_run(run_dir).predictions
-    transform = eval_transform(engine.card.prep)
     method = engine.card.extra.get("map_method", "cam")  # chosen on validation by `maps`
     maps, ood_scores = [], []
     for start in range(0, len(predictions), 32):
         paths = predictions["image_path"].iloc[start : start + 32]
-        batch = torch.stack([transform(as_image_tensor(read_radiograph(p).pixels)) for p in paths])
+        # uint8 first, as predict, evaluate and the dashboard read it: the same input everywhere
+        batch = model_batch([read_radiograph(p).to_uint8() for p in paths], engine.card.prep)
         explained = engine.explain(batch, method)
         maps += list(explained.maps)  # input-size maps: a 5 x 5 grid would miss small boxes
         ood_scores.append(engine.ood_score(batch, explained))
