@@ -17,6 +17,7 @@ from PIL import Image
 
 from dashboard import state
 from nextray_core.engine import Answer, answer_radiograph
+from nextray_core.errors import NextRayError
 from nextray_core.explain import overlay
 from nextray_core.imaging import read_radiograph
 
@@ -78,3 +79,24 @@ def read_display(path: str) -> np.ndarray:
 def blend(result: Answer, opacity: float, colormap: str = "jet") -> np.ndarray:
     """The map over the radiograph (the core's overlay), at the display size."""
     return overlay(result.pixels, result.cam, colormap=colormap, opacity=opacity)
+
+
+def picture(path: str, opacity: float, with_map: bool = True) -> tuple[np.ndarray | None, str]:
+    """(image to show, note) for a run image: the map's overlay when a model is loaded (with_map),
+    else the plain image; (None, why) when it cannot be read."""
+    try:
+        if not with_map:
+            return read_display(path), ""
+        return blend(explain_path(path), opacity), ""
+    except NextRayError as error:
+        return None, f"cannot show this image: {error}"
+
+
+def show_views(views, opacity: float, with_map: bool = True) -> None:
+    """A study's views side by side, each with its probability (Errors, Label review)."""
+    for column, (_, view) in zip(st.columns(max(4, len(views))), views.iterrows(), strict=False):
+        shown, note = picture(view["image_path"], opacity, with_map)
+        if shown is not None:
+            column.image(shown, caption=f"p = {view['probability']:.3f}", width="stretch")
+        else:
+            column.warning(note)

@@ -7,7 +7,6 @@ import streamlit as st
 
 from dashboard import inference, state
 from dashboard.study_link import open_button
-from nextray_core.errors import NextRayError
 from nextray_core.metrics import predicted_labels
 from nextray_core.predict import study_table
 
@@ -48,17 +47,6 @@ st.markdown(
 )
 
 
-def _picture(path: str) -> tuple[np.ndarray | None, str]:
-    """(image to show, note): the overlay when a model is loaded, else the plain image."""
-    try:
-        if model is None:
-            return inference.read_display(path), ""
-        result = inference.explain_path(path)
-        return inference.blend(result, opacity), ""
-    except NextRayError as error:
-        return None, f"cannot show this image: {error}"
-
-
 def _open(study: str) -> None:
     st.session_state["errors_open"] = study
 
@@ -78,14 +66,7 @@ if opened is not None:
             f"{dict(enumerate(run.class_names)).get(int(label), 'unknown')} · {len(views)} view(s)"
             f" · study probability {study_p:.3f}"
         )
-        for column, (_, view) in zip(
-            st.columns(max(4, len(views))), views.iterrows(), strict=False
-        ):
-            picture, note = _picture(view["image_path"])
-            if picture is not None:
-                column.image(picture, caption=f"p = {view['probability']:.3f}", width="stretch")
-            else:
-                column.warning(note)
+        inference.show_views(views, opacity, with_map=model is not None)
 
 if shown.empty:
     st.success("No errors match these filters at this threshold.")
@@ -94,7 +75,7 @@ for start in range(0, min(len(shown), int(limit)), COLUMNS):
     chunk = shown.iloc[start : min(start + COLUMNS, int(limit))]
     for column, (_, row) in zip(st.columns(COLUMNS), chunk.iterrows(), strict=False):
         with column.container(border=True):
-            picture, note = _picture(row["image_path"])
+            picture, note = inference.picture(row["image_path"], opacity, model is not None)
             if picture is not None:
                 st.image(picture, width="stretch")
             else:

@@ -83,15 +83,6 @@ with st.expander("Marks: export or import", expanded=False):
             st.success(f"imported {len(imported)} mark(s)")
 
 
-def _picture(path: str):
-    try:
-        if model is None:
-            return inference.read_display(path), ""
-        return inference.blend(inference.explain_path(path), opacity), ""
-    except NextRayError as error:
-        return None, f"cannot show this image: {error}"
-
-
 def _set_mark(study: str) -> None:
     choice = st.session_state[f"lr_mark_{study}"]
     if choice == UNMARKED:
@@ -127,11 +118,4 @@ for _, row in chunk.iterrows():
         with head[2]:
             open_button(study, key=f"lr_open_{study}", label="Open study")
         views = run.predictions[run.predictions["study_id"] == study]
-        for column, (_, view) in zip(
-            st.columns(max(4, len(views))), views.iterrows(), strict=False
-        ):
-            picture, note = _picture(view["image_path"])
-            if picture is not None:
-                column.image(picture, caption=f"p = {view['probability']:.3f}", width="stretch")
-            else:
-                column.warning(note)
+        inference.show_views(views, opacity, with_map=model is not None)
