@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -216,11 +215,6 @@ def _describe_policy(policy: ReleasePolicy) -> str:
     if policy.threshold == "youden":
         return "Youden's J (sensitivity + specificity - 1, maximal)"
     return f"the highest threshold with {policy.threshold} >= {policy.target:.2f}"
-
-
-def release_summary(card: ModelCard) -> dict[str, Any]:
-    """What the release step recorded, or {} for a checkpoint that never went through it."""
-    return dict((card.extra or {}).get("release") or {})
 
 
 def release_training_run(best_dir: str | Path, config: TrainConfig) -> ModelCard:
