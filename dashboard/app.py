@@ -98,6 +98,7 @@ navigation = st.navigation(
         st.Page(PAGES / "label_review.py", title="Label review", icon=":material/rule:"),
         st.Page(PAGES / "study.py", title="Study viewer", icon=":material/radiology:"),
         st.Page(PAGES / "run_map.py", title="Run map", icon=":material/scatter_plot:"),
+        st.Page(PAGES / "trust.py", title="Trust", icon=":material/verified:"),
         st.Page(PAGES / "report.py", title="Report", icon=":material/summarize:"),
         st.Page(PAGES / "teaching.py", title="Teaching", icon=":material/school:"),
         st.Page(PAGES / "model.py", title="Model card", icon=":material/description:"),

@@ -286,3 +286,55 @@ def figure_file(fig: go.Figure, stem: str) -> tuple[Callable[[], bytes], str, st
         return (lambda: fig.to_image(format="png", scale=2)), f"{stem}.png", "image/png"
     html = lambda: fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8")  # noqa: E731
     return html, f"{stem}.html", "text/html"
+
+
+def interval_bars(
+    table: pd.DataFrame,
+    value: str,
+    low: str | None = None,
+    high: str | None = None,
+    *,
+    title: str,
+    axis: str,
+    baseline: str | None = None,
+    baseline_name: str = "",
+    zero_line: bool = False,
+) -> go.Figure:
+    """One bar per row of ``table`` (index = region) with its 95% interval (columns ``low`` and
+    ``high``, if given) and, optionally, a marker for what a baseline scores on the same images
+    (a uniform map, say)."""
+    regions = [str(r) for r in table.index]
+    values = table[value].to_numpy(dtype=float)
+    error = None
+    if low is not None and high is not None:
+        error = {
+            "type": "data",
+            "symmetric": False,
+            "array": table[high].to_numpy(dtype=float) - values,
+            "arrayminus": values - table[low].to_numpy(dtype=float),
+        }
+    fig = go.Figure(
+        go.Bar(
+            x=regions,
+            y=values,
+            name=value.replace("_", " "),
+            error_y=error,
+            customdata=table["images"].to_numpy(),
+            hovertemplate="%{x}: %{y:.3f} (%{customdata} images)<extra></extra>",
+        )
+    )
+    if baseline is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=regions,
+                y=table[baseline].to_numpy(dtype=float),
+                mode="markers",
+                name=baseline_name,
+                marker={"symbol": "line-ew-open", "size": 28, "line": {"width": 3}},
+                hovertemplate="%{x}: " + baseline_name + " %{y:.3f}<extra></extra>",
+            )
+        )
+    if zero_line:
+        fig.add_hline(y=0, line_dash="dot", annotation_text="a random map")
+    fig.update_layout(title=title, yaxis_title=axis, height=360, margin={"t": 50, "b": 40})
+    return fig

@@ -128,6 +128,11 @@ def _default_threshold(run_path: str | None, checkpoint_path: str | None) -> flo
     return float(card.default_threshold) if card else 0.5
 
 
+def run_is_scored_by(card: ModelCard) -> bool:
+    """Whether ``card``'s weights scored the session's run (so its maps are the run's)."""
+    return card.weights_sha256 in _scorers(st.session_state.get(RUN))
+
+
 def follow_run() -> None:
     """Callback of a run change: serve the run with the checkpoint that scored it and that
     checkpoint's threshold. When that checkpoint is not here, the current one stays and the

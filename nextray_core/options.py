@@ -48,6 +48,8 @@ LIBRARY_METHODS: dict[str, str] = {
 FINE_METHODS: dict[str, str] = {"gradcam-layer3": "GradCAM", "layercam-layer3": "LayerCAM"}
 METHODS: tuple[str, ...] = ("cam", *LIBRARY_METHODS, *FINE_METHODS)
 TARGETS: tuple[str, ...] = ("abnormal", "normal")
+# explain.trust.faithfulness: what removed pixels become
+FAITHFULNESS_BASELINES: tuple[str, ...] = ("blur", "mean", "road")
 
 # The dashboard's safe settings (Streamlit option -> value): a local research tool listens on
 # this machine only, sends no usage statistics and takes uploads up to 50 MB (a large DICOM).

@@ -68,6 +68,14 @@ def image_key(row: Mapping[str, Any]) -> str:
     return str(image_id) if image_id else Path(str(row["image_path"])).name
 
 
+def boxes_for_run(predictions: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``boxes`` (load_fracture_boxes's table) for the images of ``predictions``:
+    what ``evaluate --copy-images`` ships as the run's boxes.csv, so that a copied run (the
+    demo's, on a fresh clone) still has its ground truth."""
+    keys = {image_key(row) for _, row in predictions.iterrows()}
+    return boxes[boxes["image_id"].astype(str).isin(keys)].reset_index(drop=True)
+
+
 def run_boxes(run_path: str | Path, meta: Mapping[str, Any]) -> tuple[dict[str, list[Box]], str]:
     """({image key: boxes}, where they came from or why there are none) for a run."""
     from nextray_core.datasets.fracatlas import load_fracture_boxes

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from nextray_core.checkpoint import MB, verify_checkpoint
+from nextray_core.run_trust import read_run_trust
 from nextray_core.runs import read_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def test_build_demo_trains_packages_and_evaluates_from_a_fresh_start(tmp_path):
     recipe.write_text(json.dumps(TINY_RECIPE))
     out = tmp_path / "demo"
     command = [sys.executable, str(REPO / "scripts" / "demo" / "build_demo.py"),
-               "evaluate", "maps", "train", "package",  # run in pipeline order whatever the order
+               "trust", "evaluate", "maps", "train", "package",  # run in pipeline order
                "--fracatlas", str(MINI), "--work", str(tmp_path / "work"), "--out", str(out),
                "--config", str(recipe), "--init", "none", "--no-guard"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -53,8 +54,12 @@ def test_build_demo_trains_packages_and_evaluates_from_a_fresh_start(tmp_path):
     assert run.class_names == card.class_names and len(run.predictions) == 2
     assert all(Path(p).is_file() for p in run.predictions["image_path"])
     assert "CC BY 4.0" in (out / "run" / "images" / "README.md").read_text()
-    for report in ("localisation.md", "localisation.json", "ood.json", "report.md"):
+    for report in ("localisation.md", "localisation.json", "ood.json", "report.md", "boxes.csv"):
         assert (out / "run" / report).stat().st_size > 0, report
+    trust = read_run_trust(out / "run")  # the Trust page's cache, from the core
+    assert trust.summary["method"] == card.extra["map_method"]
+    assert trust.table("faithfulness").loc["all", "images"] == 2  # both test images sampled
+    assert "OOD flag rate on the test split" in card.metrics
     assert card.extra["map_method"] in {row["method"] for row in card.extra["maps"]["table"]}
     grid = 4 if card.extra["map_method"].endswith("layer3") else 2  # 64 px: layer3 / layer4
     assert f"{grid} x {grid} grid" in (out / "run" / "localisation.md").read_text()

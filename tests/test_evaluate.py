@@ -17,7 +17,7 @@ from torchvision.models.resnet import Bottleneck
 
 from nextray_core.checkpoint import ModelCard, save_checkpoint
 from nextray_core.cli import main
-from nextray_core.datasets import make_synthetic_mura
+from nextray_core.datasets import load_fracture_boxes, make_synthetic_mura
 from nextray_core.errors import ConfigError, DatasetError
 from nextray_core.model import output_linear
 from nextray_core.run_map import FEATURES_FILE, fit_projection, read_features
@@ -32,6 +32,7 @@ from nextray_core.runs import (
     write_run,
 )
 from nextray_core.transforms import Preprocessing
+from nextray_core.viewer import RUN_BOXES_FILE, run_boxes
 
 FRACATLAS_MINI = Path(__file__).resolve().parent / "data" / "fracatlas_mini"
 RUN_FILES = {PREDICTIONS_FILE, RUN_FILE, METRICS_FILE, CURVES_FILE, REPORT_FILE, SCORER_FILE}
@@ -232,6 +233,12 @@ def test_copy_images_makes_a_run_that_opens_from_anywhere(world, tmp_path):
     paths = [Path(p) for p in run.predictions["image_path"]]
     assert paths and all(p.is_file() and p.is_relative_to(moved) for p in paths)
     assert run.meta["backends"] == ["torch-fp32"]
+    # the copied images keep their ground truth: the boxes of exactly those images travel too
+    boxes, source = run_boxes(moved, {"dataset": {"kind": "fracatlas", "root": "/nowhere"}})
+    assert source == str(moved / RUN_BOXES_FILE)
+    expected = load_fracture_boxes(FRACATLAS_MINI)
+    names = {p.name for p in paths}
+    assert boxes and set(boxes) == set(expected["image_id"]) & names
 
 
 def test_copy_images_is_refused_for_mura(world, tmp_path, capsys):

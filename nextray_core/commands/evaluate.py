@@ -85,8 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                           help="do not store the images' pooled features (PCA-50, float16) in "
                           "features.npz, which the dashboard's Run map draws")  # fmt: skip
     evaluate.add_argument("--copy-images", action="store_true",
-                          help="copy the evaluated images into OUT/images so the run opens "
-                          "anywhere (if the data licence allows it: not MURA)")  # fmt: skip
+                          help="copy the evaluated images into OUT/images (FracAtlas: and "
+                          "their boxes into OUT/boxes.csv) so the run opens anywhere (if the "
+                          "data licence allows it: not MURA)")  # fmt: skip
     evaluate.set_defaults(handler=run_evaluate)
 
     predict = sub.add_parser(
@@ -244,6 +245,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     }
     if kind == "mura":
         files[runs.SCORER_FILE] = runs.scorer_csv(study_table(predictions), threshold)
+    if kind == "fracatlas" and args.copy_images:  # the copied images keep their ground truth
+        from nextray_core.datasets import load_fracture_boxes
+        from nextray_core.viewer import RUN_BOXES_FILE, boxes_for_run
+
+        shipped = boxes_for_run(predictions, load_fracture_boxes(args.data))
+        files[RUN_BOXES_FILE] = shipped.to_csv(index=False)
     runs.write_run(
         out,
         predictions,

@@ -1,7 +1,8 @@
 """``nextray label-errors`` (and the other commands that explore a finished run).
 
-They read a run folder and never write into it or into the data: results go where ``--out``
-says.
+They read a run folder and never write into the user's data: results go where ``--out`` says,
+or, for the caches the dashboard reads (``run-features``, ``trust``), into their own named files
+in the run folder, replaced atomically and only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from nextray_core.commands.evaluate import add_backend_argument, say_backend
 from nextray_core.errors import ConfigError
 from nextray_core.files import write_text_atomic
+from nextray_core.options import FAITHFULNESS_BASELINES, METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +51,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     features.add_argument("--overwrite", action="store_true", help="replace features.npz")
     add_backend_argument(features)
     features.set_defaults(handler=run_run_features)
+
+    trust = sub.add_parser(
+        "trust",
+        help="score how far a run's maps can be trusted, per region (RUN/trust.json)",
+        description="With the checkpoint that scored RUN: localisation of its maps against the "
+        "dataset's boxes (pointing game, energy inside, beside a uniform map's scores) on every "
+        "positive image with boxes, and faithfulness (removal curves; 0 = a random map) on a "
+        "seeded sample per region. Writes RUN/trust.json and RUN/trust_images.csv for the "
+        "dashboard's Trust page. Maps and scores come from the fp32 model.",
+    )
+    trust.add_argument("run", type=Path, metavar="RUN")
+    trust.add_argument("--checkpoint", type=Path, help="default: the run's own")
+    trust.add_argument("--method", choices=METHODS,
+                       help="map method (default: the checkpoint card's)")  # fmt: skip
+    trust.add_argument("--per-region", type=int, default=20,
+                       help="images per region for faithfulness (10 forward passes each; "
+                       "default 20, 0 skips it)")  # fmt: skip
+    trust.add_argument("--baseline", choices=FAITHFULNESS_BASELINES, default="blur",
+                       help="what removed pixels become (default: a blurred copy)")  # fmt: skip
+    trust.add_argument("--seed", type=int, default=0)
+    trust.add_argument("--batch-size", type=int, default=8)
+    trust.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    trust.add_argument("--overwrite", action="store_true", help="replace trust.json")
+    trust.set_defaults(handler=run_trust)
 
     report = sub.add_parser(
         "report",
@@ -154,6 +180,47 @@ def run_run_features(args: argparse.Namespace) -> int:
         f"{path}: {stored.projection.shape[0]} images x {stored.projection.shape[1]} components "
         f"({stored.explained.sum():.0%} of the variance)"
     )
+    return 0
+
+
+def run_trust(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from nextray_core.engine import load_engine
+    from nextray_core.predict import resolve_device
+    from nextray_core.run_trust import TRUST_FILE, compute_run_trust, write_run_trust
+    from nextray_core.runs import read_run
+    from nextray_core.viewer import run_boxes
+
+    if args.per_region < 0 or args.batch_size < 1:
+        raise ConfigError("--per-region must be 0 or more and --batch-size at least 1")
+    run = read_run(args.run)
+    if (run.path / TRUST_FILE).exists() and not args.overwrite:
+        raise ConfigError(f"{run.path / TRUST_FILE} exists; pass --overwrite to replace it")
+    checkpoint = run_checkpoint(run, args.checkpoint)
+    engine = load_engine(checkpoint, device=resolve_device(args.device), backend="torch-fp32")
+    boxes, source = run_boxes(run.path, run.meta)
+    print(
+        f"boxes: {source}" if boxes else f"no boxes ({source}): faithfulness only", file=sys.stderr
+    )
+    with tqdm(desc="trust", unit="image", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int, part: str) -> None:
+            bar.total = total
+            bar.set_postfix_str(part)
+            bar.update(done - bar.n)
+
+        trust = compute_run_trust(
+            engine, run, boxes, method=args.method, per_region=args.per_region,
+            baseline=args.baseline, seed=args.seed, batch_size=args.batch_size,
+            boxes_source=source, progress=progress,
+        )  # fmt: skip
+    path = write_run_trust(run.path, trust)
+    print(f"maps: {trust.summary['method']} at {trust.summary['input_size']} px")
+    for part in ("localisation", "faithfulness"):
+        table = trust.table(part)
+        print(f"\n{part}:\n{table.round(3).to_string()}" if len(table) else f"\n{part}: not scored")
+    print(f"\nwritten to {path}")
     return 0
 
 

@@ -34,9 +34,10 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from nextray_core.errors import ConfigError
+from nextray_core.options import FAITHFULNESS_BASELINES
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
-BASELINES: tuple[str, ...] = ("blur", "mean", "road")
+BASELINES: tuple[str, ...] = FAITHFULNESS_BASELINES
 Box = tuple[float, float, float, float]
 
 

@@ -5,6 +5,7 @@
     python scripts/demo/build_demo.py package   # best epoch -> release step -> checkpoints/demo
     python scripts/demo/build_demo.py maps      # CAM methods' localisation on val -> map method
     python scripts/demo/build_demo.py evaluate  # test split once -> checkpoints/demo/run + report
+    python scripts/demo/build_demo.py trust     # the run's maps: localisation, faithfulness, OOD
     python scripts/demo/build_demo.py all
     python scripts/demo/build_demo.py train package evaluate --out /tmp/demo-320 ...  # any steps
 
@@ -250,7 +251,6 @@ def step_maps(args: argparse.Namespace) -> None:
 
 
 def step_evaluate(args: argparse.Namespace) -> None:
-    from nextray_core.engine import load_engine
 
     tmp = args.work / "run"
     nextray(
@@ -270,8 +270,6 @@ def step_evaluate(args: argparse.Namespace) -> None:
         "--out",
         str(tmp),
     )
-    engine = load_engine(args.out, backend="torch-fp32")
-    write_trust_reports(tmp, engine, args.fracatlas)
     run_dir = args.out / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -280,62 +278,72 @@ def step_evaluate(args: argparse.Namespace) -> None:
     record_test_metrics(args.out)
 
 
+def step_trust(args: argparse.Namespace) -> None:
+    """Score the shipped run's maps (localisation on its boxes.csv, faithfulness) and its OOD
+    flag rate, and copy both into the card. Reads no test labels beyond the run's own."""
+    from nextray_core.checkpoint import read_card, write_card
+    from nextray_core.engine import load_engine
+
+    run_dir = args.out / "run"
+    write_trust_reports(run_dir, load_engine(args.out, backend="torch-fp32"))
+    card = read_card(args.out)
+    card.metrics["CAM localisation (fractured test images with boxes)"] = json.loads(
+        (run_dir / "localisation.json").read_text()
+    )
+    card.metrics["OOD flag rate on the test split"] = json.loads((run_dir / "ood.json").read_text())
+    write_card(args.out, card)
+
+
 def write_attribution(source_readme: Path, images: Path) -> None:
     """The dataset's own README (licence, citation), headed by what this folder holds."""
     count = sum(1 for p in images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     header = (
         f"> This folder holds {count} images of the FracAtlas test split used by the evaluation "
-        "run one level up, nothing else (no CSVs, annotations or masks). Below is the "
+        "run one level up, nothing else (no CSVs, annotations or masks; the run's boxes.csv "
+        "holds these images' fracture boxes, taken from the dataset's annotations under the "
+        "same licence). Below is the "
         "dataset's own README, kept for its licence (CC BY 4.0) and attribution; its contents "
         "table describes the whole dataset.\n\n"
     )
     (images / "README.md").write_text(header + source_readme.read_text(encoding="utf-8"))
 
 
-def write_trust_reports(run_dir: Path, engine, fracatlas: Path) -> None:
-    """CAM localisation against FracAtlas' fracture boxes and the OOD flag rate, per body part."""
-    from nextray_core.datasets import load_fracture_boxes
-    from nextray_core.explain import localisation_frame, localisation_report
+def write_trust_reports(run_dir: Path, engine) -> None:
+    """The core's trust scores (``nextray trust``: localisation on the run's shipped boxes,
+    faithfulness per region), a Markdown summary of the localisation, and the OOD flag rate."""
     from nextray_core.imaging import read_radiograph
     from nextray_core.report import markdown_table
+    from nextray_core.run_trust import compute_run_trust, write_run_trust
     from nextray_core.runs import read_run
     from nextray_core.transforms import model_batch
+    from nextray_core.viewer import run_boxes
 
-    predictions = read_run(run_dir).predictions
-    method = engine.card.extra.get("map_method", "cam")  # chosen on validation by `maps`
-    maps, ood_scores = [], []
-    for start in range(0, len(predictions), 32):
-        paths = predictions["image_path"].iloc[start : start + 32]
-        # uint8 first, as predict, evaluate and the dashboard read it: the same input everywhere
-        batch = model_batch([read_radiograph(p).to_uint8() for p in paths], engine.card.prep)
-        explained = engine.explain(batch, method)
-        maps += list(explained.maps)  # input-size maps: a 5 x 5 grid would miss small boxes
-        ood_scores.append(engine.ood_score(batch, explained))
-    frame = predictions.assign(image_id=[Path(p).name for p in predictions["image_path"]])
-    fractured = (frame["label"] == 1).to_numpy()
-    scores = localisation_frame(
-        frame[fractured], [m for m, f in zip(maps, fractured, strict=True) if f],
-        load_fracture_boxes(fracatlas),
-    )  # fmt: skip
-    scores["energy_inside"] = scores["energy_inside"].round(4)
-    scores.to_csv(run_dir / "localisation.csv", index=False)
-    report = localisation_report(scores).reset_index().round(3)
+    run = read_run(run_dir)
+    boxes, source = run_boxes(run_dir, run.meta)
+    trust = compute_run_trust(engine, run, boxes, boxes_source=Path(source).name)
+    write_run_trust(run_dir, trust)
+    method = trust.summary["method"]
+    report = trust.table("localisation").reset_index().round(3)
     (run_dir / "localisation.json").write_text(report.to_json(orient="records", indent=1))
-    boxes = load_fracture_boxes(fracatlas)
-    chance = float((boxes["width"] * boxes["height"]).mean())
     grid = engine.card.prep.size // (16 if method.endswith("layer3") else 32)
     coarse = ", too coarse to point at most fractures." if grid < 10 else "."
     (run_dir / "localisation.md").write_text(
         f"# CAM localisation on the test split (fractured images with boxes; map: {method}, "
         "the method that localised best on the validation split)\n\n"
         "Pointing game: the map's peak falls inside a fracture box. Energy: the share of the "
-        "map's positive mass inside the boxes. 95% Wilson intervals.\n\n"
+        "map's positive mass inside the boxes. 95% Wilson intervals. A uniform map's energy "
+        "share (and the chance that a random peak lands in a box) is the boxes' area share "
+        "(uniform_*). Per-image scores and faithfulness: trust_images.csv, trust.json.\n\n"
         + markdown_table(list(report.columns), report.astype(str).values.tolist())
-        + f"\n\nFor scale: a fracture box covers {chance:.1%} of its image on average, so a "
-        f"uniform map would put {chance:.1%} of its mass inside the boxes; the map is a "
-        f"{grid} x {grid} grid at this input size ({1 / grid**2:.0%} of the image per cell)"
-        f"{coarse}\n"
+        + f"\n\nThe map is a {grid} x {grid} grid at this input size ({1 / grid**2:.0%} of the "
+        f"image per cell){coarse}\n"
     )
+    predictions = run.predictions
+    ood_scores = []
+    for start in range(0, len(predictions), 32):
+        paths = predictions["image_path"].iloc[start : start + 32]
+        batch = model_batch([read_radiograph(p).to_uint8() for p in paths], engine.card.prep)
+        ood_scores.append(engine.ood_score(batch, engine.run(batch)))
     flags = (torch.cat(ood_scores) > engine.ood.threshold).numpy()
     ood = (
         pd.DataFrame({"region": predictions["region"], "flagged": flags})
@@ -385,10 +393,6 @@ def record_test_metrics(out: Path) -> None:
         "threshold": metrics["threshold"],
         "test (image level)": metrics["image"],
         "calibration": metrics["calibration"]["image"],
-        "CAM localisation (fractured test images with boxes)": json.loads(
-            (run_dir / "localisation.json").read_text()
-        ),
-        "OOD flag rate on the test split": json.loads((run_dir / "ood.json").read_text()),
     }
     write_card(out, card)
 
@@ -405,6 +409,7 @@ STEPS = {
     "package": step_package,
     "maps": step_maps,
     "evaluate": step_evaluate,
+    "trust": step_trust,
 }
 
 
