@@ -21,7 +21,7 @@ from nextray_core.run_map import fit_projection, map_frame, read_features, write
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = REPO / "checkpoints" / "demo"
 DEMO_RUN = DEMO_CHECKPOINT / "run"
-VIEWS = ("label_review", "study", "run_map", "report")
+VIEWS = ("label_review", "study", "run_map", "trust", "report")
 needs_demo = pytest.mark.skipif(not runs.is_run(DEMO_RUN), reason="the demo run is not here")
 
 
