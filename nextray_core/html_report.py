@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from nextray_core.errors import DatasetError
 from nextray_core.metrics import OVERALL, predicted_labels
 from nextray_core.report import TABLE2_METRICS, with_interval
 from nextray_core.run_map import outcome
@@ -167,12 +168,65 @@ def _table_html(table: pd.DataFrame, level: str) -> str:
         ]
         for region in regions
     ]
+    return _rows_html(header, rows)
+
+
+def _rows_html(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
         for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _trust_html(run: Run) -> str:
+    """The run's cached trust scores (``nextray trust``) as two tables, or '' if it has none."""
+    from nextray_core.run_trust import read_run_trust, scored_by
+
+    try:
+        trust = read_run_trust(run.path)
+    except DatasetError as error:
+        return f"<h2>Trust in the maps</h2><p class='note'>{html.escape(str(error))}</p>"
+    if trust is None:
+        return ""
+    summary = trust.summary
+    parts = [
+        "<h2>Trust in the maps</h2>",
+        f"<p>Maps: {html.escape(summary['method'])} at {summary['input_size']} px, from "
+        "<code>nextray trust</code> (cached in the run).</p>",
+    ]
+    if not scored_by(trust, run):
+        parts.append(
+            "<p class='note'>These scores come from weights that did not score the run.</p>"
+        )
+    local = trust.table("localisation")
+    if len(local):
+        parts.append(
+            "<p>Localisation on the positive images with ground-truth boxes: pointing game (95% "
+            "Wilson interval) and energy inside the boxes, beside a uniform map.</p>"
+        )
+        parts.append(_rows_html(
+            ["Region", "Images", "Pointing game", "Uniform", "Energy inside", "Uniform"],
+            [[region, int(r["images"]), f"{r['hit_rate']:.3f} ({r['hit_rate_low']:.3f}-"
+              f"{r['hit_rate_high']:.3f})", f"{r['uniform_hit_rate']:.3f}",
+              f"{r['energy_inside']:.3f}", f"{r['uniform_energy']:.3f}"]
+             for region, r in local.iterrows()],
+        ))  # fmt: skip
+    faith = trust.table("faithfulness")
+    if len(faith):
+        settings = summary["faithfulness"]
+        parts.append(
+            f"<p>Faithfulness (removal curves, {html.escape(settings['baseline'])} baseline; 0 = "
+            f"a random map) of the map of {html.escape(settings['target'])}, on up to "
+            f"{settings['per_region']} images per region; 95% t intervals.</p>"
+        )
+        parts.append(_rows_html(
+            ["Region", "Images", "Faithfulness", "Share above 0"],
+            [[region, int(r["images"]), f"{r['mean']:.3f} ({r['low']:.3f}-{r['high']:.3f})",
+              f"{r['positive_share']:.2f}"] for region, r in faith.iterrows()],
+        ))  # fmt: skip
+    return "\n".join(parts)
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -236,6 +290,7 @@ def render_html_report(
         "<h2>Image level</h2>",
         _table_html(evaluation.tables["image"], "image"),
         f"<h2>Figures</h2><div class='figs'>{images}</div>",
+        _trust_html(run),
     ]
     if case_html:
         parts.append(

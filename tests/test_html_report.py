@@ -63,3 +63,27 @@ def test_cli_writes_a_report_with_mapped_cases_from_the_runs_checkpoint(run, tmp
     assert "probability &ge; 0.400" in text
     assert main(["report", str(run.path), "--out", str(tmp_path / "r.txt")]) == 2
     assert "should end in .html" in capsys.readouterr().err
+
+
+def test_the_runs_cached_trust_scores_are_reported(tmp_path):
+    import shutil
+
+    from nextray_core.engine import load_engine
+    from nextray_core.run_trust import compute_run_trust, write_run_trust
+    from nextray_core.viewer import run_boxes
+
+    checkpoint, source, _ = synthetic_folders()
+    shutil.copytree(source, tmp_path / "run")
+    copy = read_run(tmp_path / "run")
+    assert "Trust in the maps" not in render_html_report(copy, 0.5, n_boot=10)  # none cached
+    engine = load_engine(checkpoint, backend="torch-fp32")
+    trust = compute_run_trust(engine, copy, run_boxes(copy.path, copy.meta)[0], per_region=1)
+    write_run_trust(copy.path, trust)
+    text = render_html_report(copy, 0.5, n_boot=10)
+    assert "Trust in the maps" in text and "<script" not in text
+    local, faith = trust.table("localisation"), trust.table("faithfulness")
+    all_local, all_faith = local.loc["all"], faith.loc["all"]
+    assert f"<td>{all_local['uniform_energy']:.3f}</td>" in text
+    assert (
+        f"<td>{all_faith['mean']:.3f} ({all_faith['low']:.3f}-{all_faith['high']:.3f})</td>" in text
+    )
