@@ -207,11 +207,20 @@ def depth_features(
 
     check_explainable(model)
     wanted = set(depths)
+    if not hasattr(model, "layer4"):  # a DenseNet: its pooled features, what the head sees
+        if wanted != {"layer4"}:
+            raise ConfigError(
+                f"a DenseNet has OOD statistics on its pooled features only (depth 'layer4'), "
+                f"not {sorted(wanted)}"
+            )
+        from nextray_core.explain.cam import predict_with_cam
+
+        with torch.no_grad():
+            return {"layer4": predict_with_cam(model, batch).pooled_features.float()}
     unknown = wanted - set(RESNET_DEPTHS)
-    if unknown or not hasattr(model, "layer4"):
+    if unknown:
         raise ConfigError(
-            f"OOD depths must be ResNet stages {RESNET_DEPTHS}, "
-            f"got {sorted(unknown) or 'a DenseNet'}"
+            f"OOD depths must be ResNet stages {RESNET_DEPTHS}, got {sorted(unknown)}"
         )
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
@@ -330,8 +339,10 @@ def fit_ood_model(
     """THE entry point for a checkpoint's OOD statistics (the release step calls it): features
     of the train split's images (e.g. a DataLoader over RadiographDataset with the eval
     transform) fit, the validation split's calibrate. Store the result with
-    ``card.extra["ood"] = ood.card_extra()`` and ``extra_tensors=ood.to_tensors()``."""
-    depths = tuple(depths)
+    ``card.extra["ood"] = ood.card_extra()`` and ``extra_tensors=ood.to_tensors()``.
+    A DenseNet (no ResNet stages) gets one depth: its pooled features, named 'layer4' as the
+    engine names every model's pooled features."""
+    depths = tuple(depths) if hasattr(model, "layer4") else ("layer4",)
     return fit_depth_ood(
         collect_depth_features(model, train_batches, depths),
         collect_depth_features(model, calibration_batches, depths),

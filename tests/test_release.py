@@ -140,3 +140,25 @@ def test_release_refuses_data_without_a_validation_split(tmp_path):
 
     with pytest.raises(ConfigError, match="validation split"):
         release(tmp_path, index, dataset_task("fracatlas", tmp_path))
+
+
+def test_a_densenet_is_released_with_ood_on_its_pooled_features(tmp_path):
+    """DenseNet-169 (the MURA paper's architecture) has no ResNet stages: its OOD statistics
+    use the pooled features the head sees, and the engine scores new images with them."""
+    from nextray_core.checkpoint import ModelCard, save_checkpoint
+    from nextray_core.datasets import load_dataset
+    from nextray_core.engine import answer_radiograph, load_engine
+    from nextray_core.model import build_model
+    from nextray_core.release import release
+    from nextray_core.transforms import Preprocessing
+
+    model = build_model("densenet169", init="none").eval()
+    card = ModelCard(name="densenet", architecture="densenet169",
+                     preprocessing=Preprocessing(size=64).to_dict())  # fmt: skip
+    save_checkpoint(model, tmp_path / "densenet", card, dtype=torch.float16)
+    index = load_dataset("fracatlas", FRACATLAS_MINI)
+    released = release(tmp_path / "densenet", index, dataset_task("fracatlas", FRACATLAS_MINI))
+    assert list(released.extra["ood"]["depths"]) == ["layer4"]
+    engine = load_engine(tmp_path / "densenet", backend="torch-fp32")
+    answer = answer_radiograph(engine, index["image_path"].iloc[0])
+    assert np.isfinite(answer.ood_distance) and answer.ood_flag in (True, False)
