@@ -330,7 +330,12 @@ def interval_bars(
                 y=table[baseline].to_numpy(dtype=float),
                 mode="markers",
                 name=baseline_name,
-                marker={"symbol": "line-ew-open", "size": 28, "line": {"width": 3}},
+                marker={
+                    "symbol": "line-ew-open",
+                    "size": 28,
+                    "color": "#e4572e",
+                    "line": {"width": 3, "color": "#e4572e"},
+                },
                 hovertemplate="%{x}: " + baseline_name + " %{y:.3f}<extra></extra>",
             )
         )
