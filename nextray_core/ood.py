@@ -327,6 +327,13 @@ def fit_depth_ood(
     return DepthOod(parts, float(torch.quantile(scores.double(), quantile)), info)
 
 
+def ood_depths(model: nn.Module, depths: Iterable[str] = DEPTHS) -> tuple[str, ...]:
+    """The depths a model's OOD statistics use: ``depths`` for a ResNet; for a DenseNet (no
+    stages) its pooled features alone, named 'layer4' as the engine names every model's pooled
+    features."""
+    return tuple(depths) if hasattr(model, "layer4") else ("layer4",)
+
+
 def fit_ood_model(
     model: nn.Module,
     train_batches: Iterable[Any],
@@ -340,9 +347,8 @@ def fit_ood_model(
     of the train split's images (e.g. a DataLoader over RadiographDataset with the eval
     transform) fit, the validation split's calibrate. Store the result with
     ``card.extra["ood"] = ood.card_extra()`` and ``extra_tensors=ood.to_tensors()``.
-    A DenseNet (no ResNet stages) gets one depth: its pooled features, named 'layer4' as the
-    engine names every model's pooled features."""
-    depths = tuple(depths) if hasattr(model, "layer4") else ("layer4",)
+    A DenseNet gets one depth (``ood_depths``)."""
+    depths = ood_depths(model, depths)
     return fit_depth_ood(
         collect_depth_features(model, train_batches, depths),
         collect_depth_features(model, calibration_batches, depths),

@@ -35,10 +35,10 @@ from nextray_core.config import TrainConfig
 from nextray_core.datasets.tasks import Task
 from nextray_core.engine.calibration import DEFAULT_COUNT, calibration_tensors
 from nextray_core.errors import ConfigError
-from nextray_core.explain.cam import predict_with_cam
+from nextray_core.explain.cam import pooled_logits
 from nextray_core.files import write_text_atomic
 from nextray_core.loader import RadiographDataset
-from nextray_core.ood import fit_ood_model
+from nextray_core.ood import collect_depth_features, fit_depth_ood, ood_depths
 from nextray_core.options import THRESHOLD_POLICIES
 from nextray_core.predict import study_table
 from nextray_core.recalibration import (
@@ -94,13 +94,6 @@ def _loader(card: ModelCard, rows: pd.DataFrame, batch_size: int) -> DataLoader:
     return DataLoader(RadiographDataset(rows, eval_transform(card.prep)), batch_size=batch_size)
 
 
-def _logits(model: torch.nn.Module, loader: DataLoader) -> np.ndarray:
-    """The model's raw logits (N) over a loader, in order."""
-    with torch.inference_mode():
-        parts = [predict_with_cam(model, images).logits.cpu() for images, _, _ in loader]
-    return torch.cat(parts).double().numpy()
-
-
 def _sample(rows: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
     return rows if len(rows) <= count else rows.sample(n=count, random_state=seed)
 
@@ -137,8 +130,10 @@ def release(
                 tensor.copy_(tensor.to(weights_dtype).float())
 
     say(f"release: {len(val)} validation images (threshold, calibration, OOD threshold)")
-    val_loader = _loader(card, val, policy.batch_size)
-    raw = torch.sigmoid(torch.from_numpy(_logits(model, val_loader))).numpy()
+    # one pass over validation: the pooled features give the logits and calibrate the OOD
+    depths = ood_depths(model)
+    val_features = collect_depth_features(model, _loader(card, val, policy.batch_size), depths)
+    raw = torch.sigmoid(pooled_logits(model, val_features["layer4"]).double()).cpu().numpy()
     labels = val["label"].to_numpy(dtype=int)
     method = policy.calibration if len(val) >= policy.min_calibration_images else "none"
     if method != policy.calibration:
@@ -156,7 +151,8 @@ def release(
 
     fit_rows = _sample(train, policy.ood_images, policy.seed)
     say(f"release: {len(fit_rows)} of {len(train)} training images (OOD statistics)")
-    ood = fit_ood_model(model, _loader(card, fit_rows, policy.batch_size), val_loader)
+    fit_features = collect_depth_features(model, _loader(card, fit_rows, policy.batch_size), depths)
+    ood = fit_depth_ood(fit_features, val_features)
 
     kept = {
         k: v for k, v in extras.items() if k not in _REPLACED_EXTRAS and not k.startswith("ood.")

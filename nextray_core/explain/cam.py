@@ -101,6 +101,15 @@ def head_logits(
     return F.linear(pooled, weight, bias)[:, 0], pooled
 
 
+def pooled_logits(model: nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+    """Logits B from pooled features B x F, in float32 as ``head_outputs`` computes them: what
+    lets a pass that already pooled the final maps (the OOD features) skip a second forward."""
+    linear = output_linear(model)
+    bias = None if linear.bias is None else linear.bias.float()
+    with torch.no_grad():
+        return F.linear(pooled.float().to(linear.weight.device), linear.weight.float(), bias)[:, 0]
+
+
 def as_model_input(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     if batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"expected a B x 3 x S x S batch, got {tuple(batch.shape)}")
