@@ -6,10 +6,8 @@ bins, published kappas); these functions only lay them out.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -266,26 +264,6 @@ def _with_interval(value: float, low: float, high: float) -> str:
     if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
         return f"{value:.2f} ({low:.2f}-{high:.2f})"
     return f"{value:.2f}"
-
-
-@functools.cache
-def png_export() -> bool:
-    """Whether plotly can write PNG here (kaleido installed AND working), checked once."""
-    if importlib.util.find_spec("kaleido") is None:
-        return False
-    try:
-        go.Figure().to_image(format="png", width=10, height=10)
-    except Exception:  # kaleido present but unusable (e.g. kaleido 1.x without a browser)
-        return False
-    return True
-
-
-def figure_file(fig: go.Figure, stem: str) -> tuple[Callable[[], bytes], str, str]:
-    """(deferred data, file name, mime): PNG when ``png_export()``, else standalone HTML."""
-    if png_export():
-        return (lambda: fig.to_image(format="png", scale=2)), f"{stem}.png", "image/png"
-    html = lambda: fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8")  # noqa: E731
-    return html, f"{stem}.html", "text/html"
 
 
 def interval_bars(

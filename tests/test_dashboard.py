@@ -334,7 +334,48 @@ def test_second_run_overlay_and_downloads(synthetic):
     assert table2.index[0][0] == table2.index[1][0]
     names = [b.proto.label for b in at.get("download_button")]
     assert sum("CSV" in n for n in names) == 2
-    assert any("(html)" in n or "(png)" in n for n in names)
+    assert [n for n in names if n.endswith("(png)")] == [
+        f"{stem} (png)" for stem in ("roc", "pr", "confusion", "kappa", "reliability")
+    ]
+
+
+def test_every_metrics_figure_downloads_as_a_small_png(synthetic):
+    """The PNGs the Metrics page offers, drawn from the page's own data (two runs compared)."""
+    import io
+
+    from PIL import Image
+
+    from dashboard import figures, figures_png
+    from nextray_core import reference
+
+    _, run, second = synthetic
+    tables = []
+    sets = []
+    for path in (run, second):
+        predictions = runs.read_run(path).predictions
+        table = metric_table(predictions, 0.5, n_boot=20)
+        labels, scores = predictions["label"].to_numpy(), predictions["probability"].to_numpy()
+        row = table.loc["overall"]
+        roc = figures.Curve(path.name, curves.roc_points(labels, scores),
+                            (1 - row["specificity"], row["sensitivity"]))  # fmt: skip
+        pr = figures.Curve(path.name, curves.pr_points(labels, scores),
+                           (row["sensitivity"], row["precision"]))  # fmt: skip
+        bins = (path.name, curves.reliability_table(labels, scores),
+                curves.expected_calibration_error(labels, scores))  # fmt: skip
+        tables.append((path.name, table))
+        sets.append((roc, pr, bins))
+    pngs = [
+        figures_png.roc_png([s[0] for s in sets], "ROC"),
+        figures_png.pr_png([s[1] for s in sets], "PR", 0.4),
+        figures_png.confusion_png(tables[0][1], ("not fractured", "fractured")),
+        figures_png.kappa_png(tables, reference.published_kappa().iloc[:0], {}),
+        figures_png.reliability_png([s[2] for s in sets]),
+    ]
+    for data in pngs:
+        image = Image.open(io.BytesIO(data))
+        assert image.format == "PNG" and image.width >= 400 and image.height >= 300
+        assert len(data) < 400_000  # not a 4.8 MB HTML page
+        assert len(np.unique(np.asarray(image.convert("L")))) > 8  # something was drawn
 
 
 def test_errors_gallery_lists_false_positives_and_negatives_and_opens_a_study(synthetic):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import figures, state
+from dashboard import figures, figures_png, state
 from nextray_core import curves, reference
 from nextray_core.index import MURA_REGIONS
 from nextray_core.metrics import OVERALL
@@ -162,11 +162,12 @@ mura = [r for r in table.index if r in MURA_REGIONS or r == OVERALL] if is_mura 
 references = reference.published_kappa()
 measured_on = {key: "hidden MURA test set" for key in reference.KAPPA_COLUMNS}
 measured_on["nextray_seed_resnet152"] = "report's 640-image split"
-kappa_fig = figures.kappa_figure(
+kappa_args = (
     [(name, t) for name, _, t in runs],
     references.loc[[r for r in references.index if r in mura]],
     {key: f"{label} — {measured_on[key]}" for key, label in reference.KAPPA_COLUMNS.items()},
 )
+kappa_fig = figures.kappa_figure(*kappa_args)
 st.plotly_chart(kappa_fig, key="kappa_chart", theme=None)
 if len(mura) > 1:
     st.caption(
@@ -187,24 +188,16 @@ reliability_fig = figures.reliability_figure([s[2] for s in sets])
 st.plotly_chart(reliability_fig, key="reliability_chart", theme=None)
 
 st.subheader("Downloads")
-if not figures.png_export():
-    st.caption(
-        "PNG export needs the optional `kaleido` package (not installed): figures download as "
-        "interactive HTML instead. `pip install kaleido` to get PNG."
-    )
-download_columns = st.columns(5)
-for column, (fig, stem) in zip(
-    download_columns,
-    [
-        (roc_fig, "roc"),
-        (pr_fig, "pr"),
-        (figures.confusion_figure(table, run.class_names), "confusion"),
-        (kappa_fig, "kappa"),
-        (reliability_fig, "reliability"),
-    ],
-    strict=True,
-):
-    data, name, mime = figures.figure_file(fig, f"{stem}_{level}")
-    column.download_button(
-        f"{stem} ({name.rsplit('.', 1)[1]})", data, name, mime, key=f"dl_{stem}", on_click="ignore"
-    )
+st.caption("Each figure as a PNG (drawn offline by matplotlib), at the current threshold.")
+prevalence = float(np.mean(sets[0][3]))
+downloads = {
+    "roc": lambda: figures_png.roc_png([s[0] for s in sets], f"ROC · {region} · {level} level"),
+    "pr": lambda: figures_png.pr_png([s[1] for s in sets], f"Precision-recall · {region}",
+                                     prevalence),
+    "confusion": lambda: figures_png.confusion_png(table, run.class_names),
+    "kappa": lambda: figures_png.kappa_png(*kappa_args),
+    "reliability": lambda: figures_png.reliability_png([s[2] for s in sets]),
+}  # fmt: skip
+for column, (stem, data) in zip(st.columns(5), downloads.items(), strict=True):
+    column.download_button(f"{stem} (png)", data, f"{stem}_{level}.png", "image/png",
+                           key=f"dl_{stem}", on_click="ignore")  # fmt: skip
