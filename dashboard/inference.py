@@ -17,11 +17,16 @@ from PIL import Image
 
 from dashboard import state
 from nextray_core.engine import Answer, answer_radiograph
+from nextray_core.engine.answer import map_method
 from nextray_core.errors import NextRayError
 from nextray_core.explain import overlay
 from nextray_core.imaging import read_radiograph
 
 DISPLAY_SIDE = 768  # longest side of the images shown: the browser would shrink them anyway
+# Galleries (many tiles) ask for this method: one forward pass per tile through the engine's fast
+# backend. A card's finer default (e.g. layercam-layer3) needs an fp32 backward per image, which
+# is fine for one study at a time (Predict, Study viewer) but takes tens of seconds per gallery.
+FAST_METHOD = "cam"
 
 
 def _display_copy(pixels: np.ndarray) -> np.ndarray:
@@ -81,22 +86,33 @@ def blend(result: Answer, opacity: float, colormap: str = "jet") -> np.ndarray:
     return overlay(result.pixels, result.cam, colormap=colormap, opacity=opacity)
 
 
-def picture(path: str, opacity: float, with_map: bool = True) -> tuple[np.ndarray | None, str]:
+def picture(
+    path: str, opacity: float, with_map: bool = True, method: str | None = None
+) -> tuple[np.ndarray | None, str]:
     """(image to show, note) for a run image: the map's overlay when a model is loaded (with_map),
-    else the plain image; (None, why) when it cannot be read."""
+    else the plain image; (None, why) when it cannot be read. ``method``: None for the card's
+    map method, ``FAST_METHOD`` for a gallery tile."""
     try:
         if not with_map:
             return read_display(path), ""
-        return blend(explain_path(path), opacity), ""
+        return blend(explain_path(path, method), opacity), ""
     except NextRayError as error:
         return None, f"cannot show this image: {error}"
 
 
-def show_views(views, opacity: float, with_map: bool = True) -> None:
+def show_views(views, opacity: float, with_map: bool = True, method: str | None = None) -> None:
     """A study's views side by side, each with its probability (Errors, Label review)."""
     for column, (_, view) in zip(st.columns(max(4, len(views))), views.iterrows(), strict=False):
-        shown, note = picture(view["image_path"], opacity, with_map)
+        shown, note = picture(view["image_path"], opacity, with_map, method)
         if shown is not None:
             column.image(shown, caption=f"p = {view['probability']:.3f}", width="stretch")
         else:
             column.warning(note)
+
+
+def gallery_note(loaded) -> str | None:
+    """The caption under a gallery of ``FAST_METHOD`` maps when the checkpoint's own method is
+    another one (None when they are the same, or without a model)."""
+    if loaded is None or map_method(loaded.card) == FAST_METHOD:
+        return None
+    return f"maps: {FAST_METHOD} (fast) — open a study for {map_method(loaded.card)}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's chromium for the dashboard's browser tests (tests/test_browser_dashboard.py).
+# Install Debian's chromium for the dashboard's browser tests (tests/test_browser_*.py, tests/browser_support.py).
 # Playwright only drives it (executable_path=/usr/bin/chromium); never run `playwright install`.
 set -euo pipefail
 if [ -x /usr/bin/chromium ]; then

@@ -58,3 +58,17 @@ def random_init(resnet152):
     save_file({k: v.contiguous() for k, v in resnet152.state_dict().items()}, str(RANDOM_INIT))
     yield RANDOM_INIT
     shutil.rmtree(RANDOM_INIT.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium under Playwright for a browser test module (tests/browser_support.py
+    has the rest). Per module, not per session: Playwright's sync API must not be left running
+    while later AppTest modules start their own event loops."""
+    from browser_support import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -1,66 +1,18 @@
 """The dashboard in a real browser: `nextray dashboard` on localhost, driven by Debian's chromium.
 
-Needs /usr/bin/chromium (`apt-get install -y --no-install-recommends chromium`, see
-scripts/install_browser.sh); Playwright only drives it and never downloads a browser. Also
-saves a screenshot of every page to $NEXTRAY_SHOTS (default /tmp/nextray_shots).
+Needs /usr/bin/chromium (see tests/browser_support.py, which holds what the browser tests share).
+Also saves a screenshot of every page to $NEXTRAY_SHOTS (default /tmp/nextray_shots).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_support import BROWSER_MARKS, SHOTS, open_page, serve_dashboard, settle
 from test_dashboard import FRACATLAS_MINI, synthetic_folders
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SHOTS = Path(os.environ.get("NEXTRAY_SHOTS", "/tmp/nextray_shots"))
-STARTUP_SECONDS = 90
-WAIT_MS = 90_000
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.is_file(),
-        reason="/usr/bin/chromium is absent: apt-get install -y --no-install-recommends chromium",
-    ),
-]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_healthy(url: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the dashboard exited early:\n{server.stdout.read()}")
-        try:
-            # urlopen is blocked in tests (no network); the health check is localhost only
-            with urllib.request.build_opener().open(f"{url}/_stcore/health", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"the dashboard did not answer on {url} within {STARTUP_SECONDS} s")
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
@@ -76,75 +28,8 @@ def synthetic_run() -> Path:
 @pytest.fixture(scope="module")
 def dashboard_url(synthetic_checkpoint, synthetic_run):
     """`nextray dashboard --run R --checkpoint C --port P` on the synthetic run, on localhost."""
-    checkpoint, run = synthetic_checkpoint, synthetic_run
-    port = free_port()
-    command = [sys.executable, "-m", "nextray_core.cli", "dashboard", "--port", str(port)]
-    command += ["--run", str(run), "--checkpoint", str(checkpoint)]
-    server = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: stopped below with its children
-    )
-    url = f"http://localhost:{port}"
-    try:
-        wait_until_healthy(url, server)
+    with serve_dashboard(synthetic_run, synthetic_checkpoint) as url:
         yield url
-    finally:
-        stop_process_group(server)
-
-
-def stop_process_group(server: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (the CLI and its streamlit child), then SIGKILL
-    whatever is left: streamlit does not always exit on SIGTERM."""
-    for sig, seconds in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            server.poll()  # reap the CLI so that only live members keep the group
-            try:
-                os.killpg(server.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def open_page(browser, url: str, height: int = 1000):
-    page = browser.new_page(viewport={"width": 1440, "height": height})
-    page.set_default_timeout(WAIT_MS)
-    page.goto(url)
-    page.get_by_test_id("stSidebar").wait_for()
-    return page
-
-
-_BUSY = """() =>
-    !!document.querySelector('[data-testid="stStatusWidget"], [data-testid="stSkeleton"]')
-    || !Array.from(document.images).every((image) => image.complete)"""
-
-
-def settle(page, quiet_ms: int = 1200) -> None:
-    """Wait until Streamlit is idle (no run in progress, no placeholders, images loaded) for
-    ``quiet_ms`` in a row: a rerun can start a moment after the event that causes it."""
-    deadline, quiet = time.monotonic() + WAIT_MS / 1000, 0
-    while quiet < quiet_ms:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the dashboard stayed busy")
-        quiet = 0 if page.evaluate(_BUSY) else quiet + 200
-        page.wait_for_timeout(200)
 
 
 def metric_value(page, label: str) -> str:
@@ -224,13 +109,20 @@ def test_every_page_renders_in_a_real_browser(browser, dashboard_url, name):
     assert page.get_by_test_id("stException").count() == 0
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-    if name == "teaching":  # the quiz: answer, then label, probability and map are revealed
+    if name == "teaching":  # the quiz, answered with its keys: label, probability and map show
         page.get_by_text("Quiz", exact=True).click()
-        page.get_by_role("button", name="Abnormal", exact=True).wait_for()
+        answer = page.get_by_role("button", name="Abnormal")  # its name carries the key too
+        answer.wait_for()
         settle(page)
-        page.get_by_role("button", name="Abnormal", exact=True).click()
+        page.get_by_test_id("stHeading").first.click()  # focus off the radio: keys reach the page
+        page.keyboard.press("2")
         page.get_by_role("button", name="Next case").wait_for()
         settle(page)
         assert page.get_by_text("this case is").count() == 1
+        assert page.get_by_text("Review missed cases").count() == 1
         page.screenshot(path=str(SHOTS / "teaching_quiz.png"), full_page=True)
+        page.keyboard.press("Enter")  # the next case: hidden again
+        answer.wait_for()
+        settle(page)
+        assert page.get_by_text("this case is").count() == 0
     page.close()

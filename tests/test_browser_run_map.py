@@ -1,36 +1,24 @@
 """The run map in a real browser: lasso the points, see their studies, open one in the viewer.
 
-Like tests/test_browser_dashboard.py: Debian's chromium driven by Playwright, skipped without it.
+Like tests/test_browser_dashboard.py: Debian's chromium driven by Playwright
+(tests/browser_support.py), skipped without it.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from test_browser_dashboard import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    SHOTS,
-    open_page,
-    settle,
-    stop_process_group,
-    wait_until_healthy,
-)
+from browser_support import BROWSER_MARKS, SHOTS, open_page, serve_dashboard, settle
 from test_dashboard import synthetic_folders
 
 from nextray_core import runs
 from nextray_core.run_map import fit_projection, write_features
 
-PORT = 8641  # this suite's port for a dashboard it starts itself
+PORT = 8641  # this suite's port for a dashboard it starts itself ($NEXTRAY_BROWSER_PORT wins)
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.is_file(), reason="/usr/bin/chromium is absent"),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
@@ -47,28 +35,8 @@ def mapped(tmp_path_factory):
 @pytest.fixture(scope="module")
 def url(mapped):
     checkpoint, run = mapped
-    command = [sys.executable, "-m", "nextray_core.cli", "dashboard", "--port", str(PORT)]
-    command += ["--run", str(run), "--checkpoint", str(checkpoint)]
-    server = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    address = f"http://localhost:{PORT}"
-    try:
-        wait_until_healthy(address, server)
+    with serve_dashboard(run, checkpoint, PORT) as address:
         yield address
-    finally:
-        stop_process_group(server)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def test_lasso_on_the_run_map_lists_studies_and_opens_one(browser, url, mapped):

@@ -410,7 +410,7 @@ def test_teaching_side_by_side_and_quiz_keeps_score(synthetic):
     no_exception(at)
     score = 0
     for _ in range(3):
-        quiz = at.session_state["quiz"]
+        quiz = at.session_state["quiz_now"]
         truth = int(rows.loc[rows["image_path"] == quiz["case"], "label"].iloc[0])
         assert not any("this case is" in s.value for s in (*at.success, *at.error))  # hidden
         at.button(key="quiz_abnormal").click().run()

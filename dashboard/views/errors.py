@@ -71,11 +71,15 @@ if opened is not None:
 if shown.empty:
     st.success("No errors match these filters at this threshold.")
     st.stop()
+if note := inference.gallery_note(model):
+    st.caption(note)
 for start in range(0, min(len(shown), int(limit)), COLUMNS):
     chunk = shown.iloc[start : min(start + COLUMNS, int(limit))]
     for column, (_, row) in zip(st.columns(COLUMNS), chunk.iterrows(), strict=False):
         with column.container(border=True):
-            picture, note = inference.picture(row["image_path"], opacity, model is not None)
+            picture, note = inference.picture(
+                row["image_path"], opacity, model is not None, inference.FAST_METHOD
+            )
             if picture is not None:
                 st.image(picture, width="stretch")
             else:

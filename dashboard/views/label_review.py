@@ -94,6 +94,8 @@ def _set_mark(study: str) -> None:
 if chunk.empty:
     st.success("No study matches these filters.")
     st.stop()
+if note := inference.gallery_note(model):
+    st.caption(note)
 for _, row in chunk.iterrows():
     study = row["study_id"]
     with st.container(border=True):
@@ -118,4 +120,4 @@ for _, row in chunk.iterrows():
         with head[2]:
             open_button(study, key=f"lr_open_{study}", label="Open study")
         views = run.predictions[run.predictions["study_id"] == study]
-        inference.show_views(views, opacity, with_map=model is not None)
+        inference.show_views(views, opacity, model is not None, inference.FAST_METHOD)
