@@ -3,7 +3,8 @@
 ``nextray evaluate`` keeps every image's pooled features (the 2048 numbers the classifier head
 sees, from the same forward pass as the probability) and stores a compact projection in the
 run's ``features.npz``: the top ``DIMS`` principal components as float16 (40,000 images: 4 MB
-instead of 330 MB of raw features), the PCA's mean and components (float32, to project new
+instead of 330 MB of raw features; float32 when a value would overflow float16, as the features
+of an untrained ResNet-152 do), the PCA's mean and components (float32, to project new
 images onto the same map) and, when the checkpoint has OOD statistics, each image's OOD
 distance. Rows follow predictions.csv. The map is the first two components, or t-SNE
 (scikit-learn) on the stored components; UMAP is not used (umap-learn pulls numba/llvmlite,
@@ -66,12 +67,19 @@ def fit_projection(
     projection[ok] = centred @ components.T
     explained = values[order] / max(values.sum(), 1e-12)
     return RunFeatures(
-        projection=projection.astype(np.float16),
+        projection=projection.astype(_stored_dtype(projection)),
         mean=mean.astype(np.float32),
         components=components.astype(np.float32),
         explained=explained.astype(np.float32),
         ood_distance=None if ood_distance is None else np.asarray(ood_distance, np.float32),
     )
+
+
+def _stored_dtype(projection: np.ndarray) -> type:
+    """float16 (half the file) unless a value would overflow it to inf and fall off the map."""
+    finite = projection[np.isfinite(projection)]
+    fits = finite.size == 0 or np.abs(finite).max() < np.finfo(np.float16).max
+    return np.float16 if fits else np.float32
 
 
 def features_npz(stored: RunFeatures) -> dict[str, np.ndarray]:

@@ -89,3 +89,20 @@ def test_outcome_names_each_cell_of_the_confusion_matrix():
         "true positive",
         "unlabelled",
     ]
+
+
+def test_features_too_large_for_float16_are_stored_in_float32_not_lost(tmp_path):
+    # an untrained ResNet-152's pooled features reach 1e5 and more: float16 overflowed to inf
+    # and the map drew none of the images
+    rng = np.random.default_rng(4)
+    features = 1e6 * np.abs(rng.normal(size=(200, 12)))
+    stored = fit_projection(features, dims=3)
+    assert stored.projection.dtype == np.float32 and np.isfinite(stored.projection).all()
+    write_features(tmp_path, stored)
+    frame = map_frame(predictions(200), read_features(tmp_path, 200), 0.5)
+    assert frame.attrs["drawn"] == 200
+    np.testing.assert_allclose(
+        stored.project(features[:3]), stored.projection[:3], rtol=1e-3, atol=1e-3 * 1e6
+    )
+    # ordinary features keep the small float16 file
+    assert fit_projection(rng.normal(size=(200, 12)), dims=3).projection.dtype == np.float16
