@@ -213,3 +213,13 @@ def test_the_errors_page_opens_a_study_in_the_viewer(mura):
     at.button(key="errors_viewer").click().run()
     no_exception(at)
     assert at.selectbox(key="study_pick").value == study
+
+
+@needs_demo
+def test_the_study_viewer_opens_with_the_cards_map_method_and_the_runs_class_names():
+    at = app("study", DEMO_RUN, DEMO_CHECKPOINT)
+    no_exception(at)
+    method = read_card(DEMO_CHECKPOINT).extra["map_method"]
+    assert at.selectbox(key="study_method").value == method
+    captions = [c for image in at.image for c in image.captions]
+    assert captions and all(f"{method}, evidence for fractured" in c for c in captions)

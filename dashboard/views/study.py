@@ -14,6 +14,7 @@ import streamlit as st
 
 from dashboard import inference, state
 from dashboard.study_link import STUDY, current_study
+from nextray_core.engine.answer import map_method
 from nextray_core.errors import NextRayError
 from nextray_core.explain import METHODS, TARGETS, overlay
 from nextray_core.imaging import read_radiograph
@@ -53,7 +54,11 @@ st.caption(f"region {study['region']} · patient {study['patient_id']} · split 
 model = state.get_model()
 negative, positive = run.class_names
 controls = st.columns(4)
-method = controls[0].selectbox("Map method", METHODS, key="study_method")
+default_method = map_method(model.card) if model is not None else "cam"
+method = controls[0].selectbox(
+    "Map method", METHODS, index=METHODS.index(default_method), key="study_method",
+    help=f"default: {default_method}, the method the checkpoint's card recommends",
+)  # fmt: skip
 target = controls[1].radio(
     "Evidence for",
     TARGETS,
@@ -112,7 +117,8 @@ for start in range(0, len(views), COLUMNS):
                 if show_map and model is not None:
                     answer = inference.explain_path(path, method, target)
                     picture = overlay(picture, answer.cam, opacity=opacity)
-                    caption += f" · {method}, evidence for {target}"
+                    shown = positive if target == "abnormal" else negative
+                    caption += f" · {method}, evidence for {shown}"
                     if answer.ood_flag:
                         caption += f" · unlike the training images (OOD {answer.ood_distance:.1f})"
                 view_boxes = boxes.get(image_key(view), []) if show_boxes else []
