@@ -225,6 +225,12 @@ def compute_run_trust(
             if progress is not None:
                 progress(done, total, part)
     images = pd.DataFrame(list(rows.values()), columns=IMAGE_COLUMNS)
+    if unreadable and images.empty:
+        first = sorted(unreadable)[0]
+        raise DatasetError(
+            f"none of the {len(unreadable)} images to score could be read (first: {first}); "
+            "are they still where the run's predictions.csv says?"
+        )
     checkpoint = engine.card
     summary = {
         "format": TRUST_FORMAT,

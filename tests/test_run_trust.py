@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -141,3 +142,18 @@ def test_the_trust_command_writes_once_and_refuses_to_overwrite(scored, tmp_path
         capture_output=True, text=True,
     )  # fmt: skip
     assert missing.returncode == 2 and "nextray evaluate" in missing.stderr
+
+
+def test_unreadable_images_are_left_out_and_a_run_without_any_is_refused(scored, tmp_path):
+    engine, run = scored
+    predictions = run.predictions.copy()
+    gone = predictions["image_path"].iloc[0]
+    predictions.loc[predictions.index[0], "image_path"] = str(tmp_path / "moved.jpg")
+    partly = compute_run_trust(engine, replace(run, predictions=predictions), {}, per_region=50)
+    assert partly.summary["unreadable_images"] == [str(tmp_path / "moved.jpg")]
+    assert gone not in set(partly.images["image_path"]) and len(partly.images) > 0
+    nowhere = predictions.assign(
+        image_path=[str(tmp_path / f"{i}.jpg") for i in range(len(predictions))]
+    )
+    with pytest.raises(DatasetError, match="could be read"):
+        compute_run_trust(engine, replace(run, predictions=nowhere), {}, per_region=2)

@@ -101,6 +101,8 @@ st.caption(
     f"Maps: **{summary['method']}** at {summary['input_size']} px · checkpoint "
     f"{checkpoint.get('name', '?')} · computed {summary.get('created', '?')}"
 )
+if skipped := summary.get("unreadable_images"):
+    st.warning(f"{len(skipped)} image(s) could not be read and were left out, e.g. {skipped[0]}")
 if not scored_by(trust, run):
     st.warning(
         "These scores come from a checkpoint that did not score this run (its weights differ "

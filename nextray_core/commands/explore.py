@@ -216,6 +216,9 @@ def run_trust(args: argparse.Namespace) -> int:
             boxes_source=source, progress=progress,
         )  # fmt: skip
     path = write_run_trust(run.path, trust)
+    if skipped := trust.summary["unreadable_images"]:
+        print(f"{len(skipped)} image(s) could not be read and were left out, e.g. {skipped[0]}",
+              file=sys.stderr)  # fmt: skip
     print(f"maps: {trust.summary['method']} at {trust.summary['input_size']} px")
     for part in ("localisation", "faithfulness"):
         table = trust.table(part)
