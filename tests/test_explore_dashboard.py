@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_dashboard import app, no_exception, synthetic_folders, texts
 
@@ -25,11 +27,22 @@ VIEWS = ("label_review", "study", "run_map", "trust", "report")
 needs_demo = pytest.mark.skipif(not runs.is_run(DEMO_RUN), reason="the demo run is not here")
 
 
-def make_mura_run(root: Path, checkpoint: Path) -> Path:
-    """A run over a synthetic MURA valid split: multi-view studies, seven-region names."""
-    data = make_synthetic_mura(root / "data", patients_train=2, patients_valid=10, seed=2)
+def make_mura_run(
+    root: Path,
+    checkpoint: Path,
+    *,
+    patients_valid: int = 10,
+    seed: int = 2,
+    relabel: Callable[[pd.DataFrame], pd.Series] | None = None,
+) -> Path:
+    """A run over a synthetic MURA valid split: multi-view studies, seven-region names.
+    ``relabel`` replaces the labels (rows -> new label column) before the probabilities."""
+    data = make_synthetic_mura(root / "data", patients_train=2, patients_valid=patients_valid,
+                               seed=seed)  # fmt: skip
     index = load_dataset("mura", data)
     rows = index[index["split"].isin(["val", "test"])].reset_index(drop=True)
+    if relabel is not None:
+        rows["label"] = relabel(rows)
     rng = np.random.default_rng(0)
     rows["probability"] = np.clip(0.3 + 0.4 * rows["label"] + rng.normal(0, 0.2, len(rows)), 0, 1)
     meta = runs.build_meta(

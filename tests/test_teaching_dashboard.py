@@ -6,15 +6,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from test_dashboard import app, no_exception, synthetic_folders, texts
 from test_explore_dashboard import make_mura_run
 
 from nextray_core import runs
 from nextray_core.checkpoint import read_card
-from nextray_core.datasets import load_dataset
-from nextray_core.datasets.synthetic import make_synthetic_mura
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = REPO / "checkpoints" / "demo"
@@ -38,31 +35,20 @@ def mura(tmp_path_factory):
 def rare(tmp_path_factory):
     """(checkpoint, a MURA-shaped run in which only about one image in ten is abnormal)."""
     checkpoint = synthetic_folders()[0]
+
+    def rare_labels(rows):
+        studies = rows["study_id"].drop_duplicates().sample(frac=1.0, random_state=0).tolist()
+        abnormal, count = set(), 0
+        for study in studies:  # whole studies abnormal until about 10% of the images are
+            if count >= 0.1 * len(rows):
+                break
+            abnormal.add(study)
+            count += int((rows["study_id"] == study).sum())
+        return rows["study_id"].isin(abnormal).astype(int)
+
     root = tmp_path_factory.mktemp("rare")
-    data = make_synthetic_mura(root / "data", patients_train=1, patients_valid=40, seed=5)
-    index = load_dataset("mura", data)
-    rows = index[index["split"].isin(["val", "test"])].reset_index(drop=True)
-    studies = rows["study_id"].drop_duplicates().sample(frac=1.0, random_state=0).tolist()
-    abnormal, count = set(), 0
-    for study in studies:  # whole studies abnormal until about 10% of the images are
-        if count >= 0.1 * len(rows):
-            break
-        abnormal.add(study)
-        count += int((rows["study_id"] == study).sum())
-    rows["label"] = rows["study_id"].isin(abnormal).astype(int)
-    rng = np.random.default_rng(0)
-    rows["probability"] = np.clip(0.3 + 0.4 * rows["label"] + rng.normal(0, 0.2, len(rows)), 0, 1)
-    meta = runs.build_meta(
-        checkpoints=[(checkpoint, read_card(checkpoint))],
-        predictions=rows,
-        dataset_kind="mura",
-        data_root=data,
-        split="valid",
-        combine="mean",
-        default_threshold=0.5,
-        batch_size=8,
-    )
-    return checkpoint, runs.write_run(root / "run", rows, meta)
+    return checkpoint, make_mura_run(root, checkpoint, patients_valid=40, seed=5,
+                                     relabel=rare_labels)  # fmt: skip
 
 
 def answer(at, label: int):
