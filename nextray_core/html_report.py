@@ -209,8 +209,8 @@ def _trust_html(run: Run) -> str:
         parts.append(_rows_html(
             ["Region", "Images", "Pointing game", "Uniform", "Energy inside", "Uniform"],
             [[region, int(r["images"]), f"{r['hit_rate']:.3f} ({r['hit_rate_low']:.3f}-"
-              f"{r['hit_rate_high']:.3f})", f"{r['uniform_hit_rate']:.3f}",
-              f"{r['energy_inside']:.3f}", f"{r['uniform_energy']:.3f}"]
+              f"{r['hit_rate_high']:.3f})", f"{r['uniform']:.3f}",
+              f"{r['mean_energy_inside']:.3f}", f"{r['uniform']:.3f}"]
              for region, r in local.iterrows()],
         ))  # fmt: skip
     faith = trust.table("faithfulness")

@@ -39,8 +39,8 @@ from nextray_core.explain.trust import (
     FRACTIONS,
     Box,
     _box_mask,
-    _wilson,
     faithfulness,
+    localisation_report,
     localisation_scores,
 )
 from nextray_core.files import write_text_atomic
@@ -112,23 +112,16 @@ def _t_interval(values: np.ndarray) -> tuple[float, float]:
 
 
 def localisation_table(images: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per region and overall: pointing hits (95% Wilson interval), energy inside, and the
-    uniform map's scores on the same images (its pointing chance equals its energy share)."""
+    """``explain.trust.localisation_report`` per region and overall, plus ``uniform``: what a
+    uniform map scores on the same images (its energy share is the boxes' area share, which is
+    also the chance that a peak dropped at random lands in a box)."""
     scored = images[images["energy_inside"].notna()]
-    rows = []
-    for region, group in [*scored.groupby("region", sort=True), (ALL, scored)]:
-        if group.empty:
-            continue
-        hits = int(group["pointing_hit"].astype(bool).sum())
-        low, high = _wilson(hits, len(group))
-        uniform = float(group["uniform_energy"].mean())
-        rows.append({
-            "region": region, "images": len(group), "hits": hits,
-            "hit_rate": hits / len(group), "hit_rate_low": low, "hit_rate_high": high,
-            "energy_inside": float(group["energy_inside"].mean()),
-            "uniform_hit_rate": uniform, "uniform_energy": uniform,
-        })  # fmt: skip
-    return rows
+    if scored.empty:
+        return []
+    report = localisation_report(scored)
+    uniform = scored.groupby("region")["uniform_energy"].mean()
+    uniform[ALL] = scored["uniform_energy"].mean()
+    return report.assign(uniform=uniform).reset_index().to_dict("records")
 
 
 def faithfulness_table(images: pd.DataFrame) -> list[dict[str, Any]]:
@@ -307,5 +300,4 @@ def read_run_trust(run_path: str | Path) -> RunTrust | None:
 
 def scored_by(trust: RunTrust, run: Run) -> bool:
     """Whether the cached scores come from (one of) the checkpoint(s) that scored the run."""
-    wanted = {e.get("weights_sha256") for e in run.meta.get("checkpoints") or []}
-    return trust.summary.get("checkpoint", {}).get("weights_sha256") in wanted
+    return trust.summary.get("checkpoint", {}).get("weights_sha256") in run.scorers

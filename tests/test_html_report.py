@@ -83,7 +83,7 @@ def test_the_runs_cached_trust_scores_are_reported(tmp_path):
     assert "Trust in the maps" in text and "<script" not in text
     local, faith = trust.table("localisation"), trust.table("faithfulness")
     all_local, all_faith = local.loc["all"], faith.loc["all"]
-    assert f"<td>{all_local['uniform_energy']:.3f}</td>" in text
+    assert f"<td>{all_local['uniform']:.3f}</td>" in text
     assert (
         f"<td>{all_faith['mean']:.3f} ({all_faith['low']:.3f}-{all_faith['high']:.3f})</td>" in text
     )

@@ -16,6 +16,7 @@ from test_dashboard import synthetic_folders
 
 from nextray_core.engine import load_engine
 from nextray_core.errors import ConfigError, DatasetError
+from nextray_core.imaging import read_radiograph
 from nextray_core.run_trust import (
     TRUST_FILE,
     TRUST_IMAGES_FILE,
@@ -26,6 +27,7 @@ from nextray_core.run_trust import (
     write_run_trust,
 )
 from nextray_core.runs import read_run
+from nextray_core.transforms import model_batch
 from nextray_core.viewer import image_key, run_boxes
 
 
@@ -65,20 +67,26 @@ def scored():
 
 def test_localisation_uses_every_positive_boxed_image_and_the_uniform_baseline(scored):
     engine, run = scored
-    positives = run.predictions[run.predictions["label"] == 1]
-    # one whole-image box and one left-half box: the scores these must give are known
-    whole, half = (image_key(row) for _, row in positives.head(2).iterrows())
+    positives = run.predictions[run.predictions["label"] == 1].reset_index(drop=True)
+    pictures = [read_radiograph(p).to_uint8() for p in positives["image_path"]]
+    maps = engine.explain(model_batch(pictures, engine.card.prep), "cam").maps
+    first, second = [i for i, m in enumerate(maps) if m.max() > 0][:2]  # maps with evidence
+    # a whole-image box and a left-half box: the scores these must give follow from the maps
+    whole, half = (image_key(positives.iloc[i]) for i in (first, second))
     boxes = {whole: [(0.5, 0.5, 1.0, 1.0)], half: [(0.25, 0.5, 0.5, 1.0)]}
     trust = compute_run_trust(engine, run, boxes, method="cam", per_region=0)
     images = trust.images.set_index(trust.images["image_path"].map(lambda p: p.split("/")[-1]))
     assert set(images.index) == {whole, half}  # negatives and unboxed positives are not scored
     assert images.loc[whole, "uniform_energy"] == pytest.approx(1.0)
     assert images.loc[half, "uniform_energy"] == pytest.approx(0.5)
-    if images.loc[whole, "energy_inside"] == images.loc[whole, "energy_inside"]:  # a map > 0
-        assert images.loc[whole, "energy_inside"] == pytest.approx(1.0)
-        assert bool(images.loc[whole, "pointing_hit"])
+    assert images.loc[whole, "energy_inside"] == pytest.approx(1.0)
+    assert bool(images.loc[whole, "pointing_hit"])
+    left = maps[second][:, : maps[second].shape[1] // 2]
+    assert images.loc[half, "energy_inside"] == pytest.approx(left.sum() / maps[second].sum(), 1e-4)
+    peak_column = np.unravel_index(maps[second].argmax(), maps[second].shape)[1]
+    assert bool(images.loc[half, "pointing_hit"]) == (peak_column < maps[second].shape[1] // 2)
     overall = trust.table("localisation").loc["all"]
-    assert overall["uniform_energy"] == pytest.approx(0.75)
+    assert overall["uniform"] == pytest.approx(0.75) and overall["images"] == 2
     assert trust.table("faithfulness").empty and trust.summary["method"] == "cam"
 
 

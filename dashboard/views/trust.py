@@ -125,13 +125,13 @@ else:
     columns = st.columns(2)
     hit = figures.interval_bars(
         local, "hit_rate", "hit_rate_low", "hit_rate_high", title="Pointing game",
-        axis="share of images", baseline="uniform_hit_rate", baseline_name="uniform map",
+        axis="share of images", baseline="uniform", baseline_name="uniform map",
     )  # fmt: skip
     columns[0].plotly_chart(hit, key="trust_hit")
     columns[1].plotly_chart(
         figures.interval_bars(
-            local, "energy_inside", title="Energy inside the boxes",
-            axis="mean share of the map", baseline="uniform_energy", baseline_name="uniform map",
+            local, "mean_energy_inside", title="Energy inside the boxes",
+            axis="mean share of the map", baseline="uniform", baseline_name="uniform map",
         ),
         key="trust_energy",
     )  # fmt: skip

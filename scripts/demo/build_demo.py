@@ -333,7 +333,7 @@ def write_trust_reports(run_dir: Path, engine) -> None:
         "Pointing game: the map's peak falls inside a fracture box. Energy: the share of the "
         "map's positive mass inside the boxes. 95% Wilson intervals. A uniform map's energy "
         "share (and the chance that a random peak lands in a box) is the boxes' area share "
-        "(uniform_*). Per-image scores and faithfulness: trust_images.csv, trust.json.\n\n"
+        "(uniform). Per-image scores and faithfulness: trust_images.csv, trust.json.\n\n"
         + markdown_table(list(report.columns), report.astype(str).values.tolist())
         + f"\n\nThe map is a {grid} x {grid} grid at this input size ({1 / grid**2:.0%} of the "
         f"image per cell){coarse}\n"
