@@ -8,7 +8,6 @@ namesake in ``dashboard.figures`` (one place decides what a figure shows: the pa
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 
@@ -17,14 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from dashboard.figures import PALETTE, Curve
-
-DPI = 120
-
-
-def png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    return buffer.getvalue()
+from nextray_core.html_report import png_bytes as png
 
 
 def _curves(curves: Sequence[Curve], x: str, y: str, title: str, labels: tuple[str, str]):
