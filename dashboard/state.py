@@ -112,8 +112,7 @@ def _run_checkpoint(run_path: str, *candidates: str | None) -> str | None:
 def _scorers(run_path: str | None) -> dict[str, str]:
     """{weights SHA-256: checkpoint name} of the checkpoints that scored the run."""
     run = get_run(run_path) if run_path else None
-    entries = (run.meta.get("checkpoints") or []) if run else []
-    return {e.get("weights_sha256"): e.get("name", "?") for e in entries if e.get("weights_sha256")}
+    return run.scorers if run else {}
 
 
 def _default_threshold(run_path: str | None, checkpoint_path: str | None) -> float:

@@ -60,6 +60,13 @@ class Run:
         return float(self.meta["default_threshold"])
 
     @property
+    def scorers(self) -> dict[str, str]:
+        """{weights SHA-256: checkpoint name} of the checkpoints that scored the run: what
+        pairs a run with its checkpoint wherever either was copied."""
+        entries = self.meta.get("checkpoints") or []
+        return {e["weights_sha256"]: e.get("name", "?") for e in entries if e.get("weights_sha256")}
+
+    @property
     def class_names(self) -> tuple[str, str]:
         """What label 0 and 1 mean (runs from before this was recorded: MURA's names)."""
         classes = self.meta.get("classes") or {}

@@ -42,12 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "their pooled features as a PCA-50 float16 projection (plus OOD distances) in "
         "RUN/features.npz. New runs get it from 'nextray evaluate'; this is for older runs.",
     )
-    features.add_argument("run", type=Path, metavar="RUN")
-    features.add_argument("--checkpoint", type=Path,
-                          help="default: the run's own (run.json's, or the folder holding "
-                          "the run, if its weights match)")  # fmt: skip
+    add_run_and_scorer(features)
     features.add_argument("--batch-size", type=int, default=16)
-    features.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     features.add_argument("--overwrite", action="store_true", help="replace features.npz")
     add_backend_argument(features)
     features.set_defaults(handler=run_run_features)
@@ -61,8 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "seeded sample per region. Writes RUN/trust.json and RUN/trust_images.csv for the "
         "dashboard's Trust page. Maps and scores come from the fp32 model.",
     )
-    trust.add_argument("run", type=Path, metavar="RUN")
-    trust.add_argument("--checkpoint", type=Path, help="default: the run's own")
+    add_run_and_scorer(trust)
     trust.add_argument("--method", choices=METHODS,
                        help="map method (default: the checkpoint card's)")  # fmt: skip
     trust.add_argument("--per-region", type=int, default=20,
@@ -72,7 +67,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="what removed pixels become (default: a blurred copy)")  # fmt: skip
     trust.add_argument("--seed", type=int, default=0)
     trust.add_argument("--batch-size", type=int, default=8)
-    trust.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     trust.add_argument("--overwrite", action="store_true", help="replace trust.json")
     trust.set_defaults(handler=run_trust)
 
@@ -83,16 +77,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "intervals at --threshold, ROC curves, confusion matrices, calibration and, per "
         "outcome, the most confident cases with the model's map (from the run's checkpoint).",
     )
-    report.add_argument("run", type=Path, metavar="RUN")
+    add_run_and_scorer(report, "for the maps")
     report.add_argument("--out", type=Path, required=True, help="the .html file to write")
     report.add_argument("--threshold", type=float, help="default: the run's (its card's)")
     report.add_argument("--cases", type=int, default=2,
                         help="images per outcome (FP, FN, TP, TN) to show; 0: none")  # fmt: skip
     report.add_argument("--bootstrap", type=int, default=1000, help="study resamples")
-    report.add_argument("--checkpoint", type=Path, help="for the maps (default: the run's own)")
-    report.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_backend_argument(report)
     report.set_defaults(handler=run_report)
+
+
+def add_run_and_scorer(parser: argparse.ArgumentParser, purpose: str = "") -> None:
+    """RUN, and the checkpoint (and device) that re-reads its images: the run's own unless
+    --checkpoint names another folder with the same weights (``run_checkpoint``)."""
+    parser.add_argument("run", type=Path, metavar="RUN", help="run folder (nextray evaluate)")
+    own = "default: the run's own (run.json's, or the folder holding the run, if its weights match)"
+    parser.add_argument("--checkpoint", type=Path, help=f"{purpose} ({own})" if purpose else own)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
 def run_label_errors(args: argparse.Namespace) -> int:
@@ -140,7 +141,7 @@ def run_checkpoint(run, given: Path | None) -> Path:
     from nextray_core.checkpoint import read_card
 
     entries = run.meta.get("checkpoints") or []
-    wanted = {entry.get("weights_sha256") for entry in entries}
+    wanted = run.scorers
     # a shipped run sits inside its checkpoint (checkpoints/demo/run) wherever it was cloned
     recorded = [Path(e["path"]) for e in entries if e.get("path")]
     candidates = [given] if given else [*recorded, run.path.resolve().parent]
